@@ -1,0 +1,247 @@
+"""Configs: typed dataclasses, `--set key=value` overrides, flat printing, JSON round trip.
+
+Every recipe's `Config` subclasses `TrainConfig`, so the shared vocabulary (`lr`,
+`batch_size`, `max_steps`, ...) is spelled the same everywhere. The model family's own
+settings live in `cfg.model_cfg` (a dataclass from `genforge/models/<family>.py`) and are
+addressed as `model.<key>` on the command line, e.g. `--set model.n_layer=6`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config key or value the user gave is wrong; the message says how to fix it."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every recipe (the one vocabulary)."""
+
+    model: str = ""  # model family name, e.g. "cnn", "gpt"; its settings are `model.<key>`
+    data: str = ""  # dataset name or a path to the user's own files
+    max_steps: int = 0  # optimizer updates; 0 = derive from `epochs`
+    epochs: float = 1.0  # used when max_steps == 0
+    batch_size: int = 64
+    grad_accum: int = 1  # micro-batches per optimizer update
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW
+    schedule: Literal["constant", "step", "cosine"] = "cosine"  # cosine = warmup + cosine
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # floor of the cosine schedule
+    step_size: int = 1000  # `step` schedule: multiply lr by `gamma` every step_size updates
+    gamma: float = 0.1
+    weight_decay: float = 0.0  # decoupled (AdamW-style) L2
+    l1: float = 0.0  # explicit penalty l1 * sum|w| added to the loss
+    l2: float = 0.0  # explicit penalty l2 * sum w^2 added to the loss (J + lambda * sum w^2)
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile (opt-in)
+    eval_every: int = 0  # 0 = once per epoch (or at the end)
+    eval_batches: int = 0  # 0 = the whole validation split
+    log_every: int = 50
+    save_every: int = 0  # 0 = at every evaluation
+    metric: str = "val_loss"  # what `best` and early stopping watch
+    metric_mode: Literal["min", "max"] = "min"
+    patience: int = 0  # early stopping: evaluations without improvement; 0 = off
+    tensorboard: bool = False
+    plots: bool = True  # loss/metric curves PNG at the end
+    model_cfg: Any = None  # the family's dataclass; set from `model` by `make_config`
+
+
+# ---------------------------------------------------------------------------------------
+# parsing values
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def parse_value(text: str, tp: Any) -> Any:
+    """Parse the command-line string `text` as type `tp` (int, float, bool, str, Literal,
+    Optional, tuple[...], list[...])."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    if origin is Literal:
+        if text not in [str(a) for a in args]:
+            raise ValueError(f"expected one of {', '.join(map(str, args))}; got {text!r}")
+        return next(a for a in args if str(a) == text)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if text.lower() in ("none", "null", "") and len(non_none) < len(args):
+            return None
+        errors = []
+        for a in non_none:
+            try:
+                return parse_value(text, a)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin in (tuple, list):
+        s = text.strip()
+        if s.startswith("[") or s.startswith("("):
+            s = s[1:-1]
+        parts = [p.strip() for p in s.split(",") if p.strip()]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(parts) != len(args):
+                raise ValueError(f"expected {len(args)} comma-separated values, got {text!r}")
+            return tuple(parse_value(p, a) for p, a in zip(parts, args))
+        item = args[0] if args else str
+        vals = [parse_value(p, item) for p in parts]
+        return tuple(vals) if origin is tuple else vals
+    if tp is bool:
+        return _parse_bool(text)
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            f = float(text)  # allow 1e4
+            if f != int(f):
+                raise ValueError(f"expected an integer, got {text!r}") from None
+            return int(f)
+    if tp is float:
+        return float(text)
+    if tp is str:
+        return text
+    raise ValueError(f"unsupported config type {tp}")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Coerce a JSON value (from config.json or a preset) to `tp`."""
+    if isinstance(value, str) and tp is not str and tp is not Any:
+        return parse_value(value, tp)
+    origin = typing.get_origin(tp)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_names(cfg: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg)]
+
+
+# ---------------------------------------------------------------------------------------
+# building configs
+
+
+def valid_keys(cfg: TrainConfig) -> list[str]:
+    keys = [k for k in field_names(cfg) if k != "model_cfg"]
+    if cfg.model_cfg is not None:
+        keys += [f"model.{k}" for k in field_names(cfg.model_cfg)]
+    return keys
+
+
+def _set_one(cfg: TrainConfig, key: str, value: Any, from_text: bool, models: dict) -> None:
+    if key.startswith("model."):
+        target, name = cfg.model_cfg, key[len("model."):]
+    else:
+        target, name = cfg, key
+    if target is None or name not in field_names(target) or name == "model_cfg":
+        raise ConfigError(
+            f"unknown config key {key!r}. Valid keys for model {cfg.model!r}: "
+            + ", ".join(valid_keys(cfg))
+        )
+    tp = _hints(type(target))[name]
+    try:
+        parsed = parse_value(value, tp) if from_text else _coerce(value, tp)
+    except ValueError as e:
+        raise ConfigError(f"bad value for {key!r}: {e}") from None
+    if target is cfg and name == "model":
+        if parsed not in models:
+            raise ConfigError(
+                f"unknown model {parsed!r} for this recipe; choose one of: {', '.join(models)}"
+            )
+        if parsed != cfg.model or cfg.model_cfg is None:
+            cfg.model_cfg = models[parsed][0]()
+    setattr(target, name, parsed)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], models: dict,
+                    from_text: bool = False) -> TrainConfig:
+    """Apply {key: value} overrides. `model` is applied first (it picks the family config),
+    then the rest in order. Values are strings from the CLI when `from_text`."""
+    items = list(overrides.items())
+    items.sort(key=lambda kv: kv[0] != "model")
+    for key, value in items:
+        _set_one(cfg, key, value, from_text, models)
+    return cfg
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set expects key=value, got {p!r} (example: --set lr=3e-4)")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def make_config(recipe: Any, overrides: dict[str, Any] | None = None,
+                from_text: bool = False) -> TrainConfig:
+    """Default config of `recipe` with its default model family, then `overrides`."""
+    cfg = recipe.Config()
+    if cfg.model_cfg is None:
+        cfg.model_cfg = recipe.MODELS[cfg.model][0]()
+    return apply_overrides(cfg, dict(overrides or {}), recipe.MODELS, from_text)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    d = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        d[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else v
+    return d
+
+
+def from_dict(recipe: Any, d: dict[str, Any]) -> TrainConfig:
+    """Rebuild a recipe config from `to_dict` output (config.json)."""
+    d = dict(d)
+    model_d = d.pop("model_cfg", None) or {}
+    d.pop("recipe", None)
+    overrides = {"model": d.pop("model")} if "model" in d else {}
+    overrides.update({k: v for k, v in d.items()})
+    overrides.update({f"model.{k}": v for k, v in model_d.items()})
+    return make_config(recipe, overrides)
+
+
+def flat_items(cfg: TrainConfig) -> list[tuple[str, Any]]:
+    items = [(k, getattr(cfg, k)) for k in field_names(cfg) if k != "model_cfg"]
+    if cfg.model_cfg is not None:
+        items += [(f"model.{k}", getattr(cfg.model_cfg, k)) for k in field_names(cfg.model_cfg)]
+    return items
+
+
+def format_config(cfg: TrainConfig) -> str:
+    return "\n".join(f"  {k} = {v!r}" for k, v in flat_items(cfg))
+
+
+__all__ = [
+    "ConfigError", "TrainConfig", "apply_overrides", "field", "format_config", "from_dict",
+    "make_config", "parse_sets", "parse_value", "to_dict", "valid_keys",
+]
