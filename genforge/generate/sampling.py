@@ -1,0 +1,219 @@
+"""Sampling from any text model: temperature, top-k, top-p, repetition penalty, stop strings,
+a seed, and a streaming generator that yields text as it is produced.
+
+Works with every model that has `step(idx, state) -> (last_logits (B, V), state)` (the GPT
+with its KV cache, the recurrent models with their hidden state) and a `context_size`.
+With `use_cache=False` the whole (cropped) context is re-run for every token instead: that
+is the slow reference the KV cache is measured against (bench/bench_lm.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0 = greedy argmax
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0  # nucleus: smallest set with probability >= top_p (Holtzman et al. 2020)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL, Keskar et al. 2019)
+    stop: list[str] = field(default_factory=list)  # stop at (and drop) the first of these strings
+    seed: int | None = None
+
+    def check(self) -> "SamplingConfig":
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# logits -> next token
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: divide positive logits of seen tokens by `penalty`, multiply negative
+    ones (so the token always becomes less likely). logits (B, V), seen (B, V) bool."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Set all but the k largest logits of each row to -inf. logits (B, V)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability sums to >= p; the most
+    likely token is always kept. logits (B, V)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
+    drop_sorted = before >= p  # the first token has before == 0 < p: never dropped
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token (B,) from last-position logits (B, V)."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = top_k_filter(logits / cfg.temperature, cfg.top_k)
+    logits = top_p_filter(logits, cfg.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# ---------------------------------------------------------------------------------------
+# token streams
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _full_context_logits(model: Any, ctx: torch.Tensor) -> torch.Tensor:
+    out = model(ctx)
+    logits = out[0] if isinstance(out, tuple) else out
+    return logits[:, -1, :]
+
+
+def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
+                  use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield the generated tokens one step at a time, each a (B,) tensor.
+
+    prompt: (B, T) token ids, T >= 1. `use_cache=False` re-runs the whole context (cropped to
+    the model's context size) for every token."""
+    cfg.check()
+    if prompt.dim() != 2 or prompt.size(1) == 0:
+        raise ValueError("prompt must be a (batch, length) tensor with at least one token")
+    device = _device(model)
+    prompt = prompt.to(device)
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed)
+    vocab = None
+    seen = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            ctx = prompt
+            if use_cache:
+                logits, state = model.step(prompt, None)
+            else:
+                logits = _full_context_logits(model, ctx[:, -model.context_size:])
+            for _ in range(cfg.max_new_tokens):
+                if cfg.repetition_penalty != 1.0:
+                    if seen is None:
+                        vocab = logits.size(-1)
+                        seen = torch.zeros(prompt.size(0), vocab, dtype=torch.bool, device=device)
+                        seen.scatter_(1, prompt.clamp(max=vocab - 1), True)
+                tok = next_token(logits, cfg, seen, generator)  # (B,)
+                yield tok
+                if seen is not None:
+                    seen.scatter_(1, tok.unsqueeze(1), True)
+                if use_cache:
+                    logits, state = model.step(tok.unsqueeze(1), state)
+                else:
+                    ctx = torch.cat([ctx, tok.unsqueeze(1)], dim=1)[:, -model.context_size:]
+                    logits = _full_context_logits(model, ctx)
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------
+# text
+
+
+def _prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:  # nothing to condition on: start after a line break, a natural text boundary
+        ids = tokenizer.encode("\n") or [0]
+    return ids
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string: it
+    must not be shown yet, because the next tokens may complete the stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
+                cfg: SamplingConfig | None = None, **overrides: Any) -> Iterator[str]:
+    """Yield the continuation of `prompt` piece by piece as it is generated (batch of one).
+
+    Decoding is done on the whole continuation so that byte-level tokens that split a
+    UTF-8 character are shown only once the character is complete; a stop string ends the
+    stream and is not yielded."""
+    cfg = SamplingConfig(**{**(vars(cfg) if cfg else {}), **overrides})
+    stops = [s for s in cfg.stop if s]
+    ids = torch.tensor([_prompt_ids(tokenizer, prompt)], dtype=torch.long)
+    generated: list[int] = []
+    shown = 0  # characters of the decoded continuation already yielded
+    text = ""
+    for tok in sample_tokens(model, ids, cfg):
+        generated.append(int(tok[0]))
+        text = tokenizer.decode(generated)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            continue
+        cut = _first_stop(text, stops, shown)
+        if cut >= 0:
+            if cut > shown:
+                yield text[shown:cut]
+            return
+        safe = len(text) - _held_back(text, stops)
+        if safe > shown:
+            yield text[shown:safe]
+            shown = safe
+    cut = _first_stop(text, stops, shown)
+    end = cut if cut >= 0 else len(text)
+    if end > shown:
+        yield text[shown:end]
+
+
+def _first_stop(text: str, stops: Sequence[str], shown: int) -> int:
+    """Index of the earliest stop string in `text` (searching only where a new one can be:
+    it cannot lie entirely inside the part already shown), or -1."""
+    hits = [i for s in stops if (i := text.find(s, max(shown - len(s) + 1, 0))) >= 0]
+    return min(hits, default=-1)
+
+
+def generate_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
+                  cfg: SamplingConfig | None = None, **overrides: Any) -> str:
+    """The continuation of `prompt` as one string (see `stream_text`)."""
+    return "".join(stream_text(model, tokenizer, prompt, cfg, **overrides))
