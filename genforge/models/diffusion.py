@@ -1,0 +1,258 @@
+"""Denoising diffusion (DDPM, Ho et al. 2020) with a small U-Net, optional class
+conditioning with classifier-free guidance (Ho & Salimans 2022) and the DDIM sampler
+(Song et al. 2021) for fast sampling with a configurable number of steps.
+
+Images live in [-1, 1] inside the model; `sample` returns [0, 1]. The network predicts the
+noise eps added by the forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), and
+the loss is the paper's "simple" objective ||eps - eps_theta(x_t, t)||^2 with t uniform.
+
+U-Net (sized for 28x28 on a CPU): sinusoidal time embedding -> MLP; per resolution a residual
+block (GroupNorm, SiLU, conv, + time/class embedding, conv), skip connections to the decoder,
+self-attention only at the lowest resolution (7x7 = 49 tokens) where it is cheap.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------
+# noise schedule
+
+
+def make_betas(schedule: str, T: int) -> torch.Tensor:
+    """float64 betas. linear: 1e-4..0.02 (Ho et al. 2020); cosine: Nichol & Dhariwal 2021,
+    eq. 17, clipped at 0.999."""
+    if schedule == "linear":
+        return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    if schedule == "cosine":
+        s = 0.008
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        abar = f / f[0]
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown noise schedule {schedule!r}; choose linear or cosine")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoidal position encoding of the integer timestep (DDPM, appendix B)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
+
+
+# ---------------------------------------------------------------------------------------
+# U-Net blocks
+
+
+def norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch), ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2, self.conv2 = norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]  # (B, c_out, 1, 1) broadcast
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, residual."""
+
+    def __init__(self, ch: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.norm = norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.n_head, C // self.n_head, H * W).unbind(1)
+        # (B, nh, hs, HW) -> (B, nh, HW, hs)
+        q, k, v = (a.transpose(-1, -2) for a in (q, k, v))
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs)
+        h = h.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: "DiffusionConfig"):
+        super().__init__()
+        base, emb_dim = cfg.base_channels, 4 * cfg.base_channels
+        chs = [base * m for m in cfg.channel_mult]  # channels per resolution level
+        self.base = base
+        self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # index n_classes is the "no label" token that classifier-free guidance trains with
+        self.class_emb = nn.Embedding(cfg.n_classes + 1, emb_dim) if cfg.n_classes else None
+        self.inp = nn.Conv2d(cfg.channels, base, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        c_prev = base
+        for i, c in enumerate(chs):
+            blocks = nn.ModuleList(ResBlock(c_prev if j == 0 else c, c, emb_dim, cfg.dropout)
+                                   for j in range(cfg.n_res_blocks))
+            sample = nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chs) - 1 else nn.Identity()
+            self.down.append(nn.ModuleDict({"blocks": blocks, "sample": sample}))
+            c_prev = c
+
+        self.mid1 = ResBlock(c_prev, c_prev, emb_dim, cfg.dropout)
+        self.mid_attn = Attention(c_prev, cfg.n_head)
+        self.mid2 = ResBlock(c_prev, c_prev, emb_dim, cfg.dropout)
+
+        self.up = nn.ModuleList()
+        for i, c in reversed(list(enumerate(chs))):
+            blocks = nn.ModuleList(ResBlock((c_prev + c) if j == 0 else c, c, emb_dim, cfg.dropout)
+                                   for j in range(cfg.n_res_blocks))
+            sample = (nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                    nn.Conv2d(c, c, 3, padding=1)) if i > 0 else nn.Identity())
+            self.up.append(nn.ModuleDict({"blocks": blocks, "sample": sample}))
+            c_prev = c
+        self.out = nn.Sequential(norm(c_prev), nn.SiLU(), nn.Conv2d(c_prev, cfg.channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)  # start as "predict zero noise" (stable start)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x, t, y=None):
+        emb = self.time_mlp(timestep_embedding(t, self.base))  # (B, emb_dim)
+        if self.class_emb is not None:
+            emb = emb + self.class_emb(y)
+        h = self.inp(x)
+        skips = []
+        for level in self.down:
+            for block in level["blocks"]:
+                h = block(h, emb)
+            skips.append(h)  # (B, c, H_l, W_l) before downsampling
+            h = level["sample"](h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, c_prev + c, H_l, W_l)
+            for block in level["blocks"]:
+                h = block(h, emb)
+            h = level["sample"](h)
+        return self.out(h)
+
+
+# ---------------------------------------------------------------------------------------
+# config and model
+
+
+@dataclass
+class DiffusionConfig:
+    image_size: int = 28  # filled by the recipe; divisible by 2**(len(channel_mult)-1)
+    channels: int = 1
+    n_classes: int = 0  # 0 = unconditional
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # 28 -> 14 -> 7
+    n_res_blocks: int = 1
+    n_head: int = 4
+    dropout: float = 0.0
+    timesteps: int = 1000
+    schedule: Literal["linear", "cosine"] = "linear"
+    p_uncond: float = 0.1  # label dropout for classifier-free guidance (Ho & Salimans 2022)
+
+
+class Diffusion(nn.Module):
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        if cfg.image_size % (2 ** (len(cfg.channel_mult) - 1)):
+            raise ValueError(f"image_size {cfg.image_size} must be divisible by "
+                             f"{2 ** (len(cfg.channel_mult) - 1)} for channel_mult {cfg.channel_mult}")
+        self.cfg = cfg
+        self.net = UNet(cfg)
+        betas = make_betas(cfg.schedule, cfg.timesteps)
+        abar = torch.cumprod(1 - betas, 0)
+        # float64 schedule, cast at use; buffers are non-persistent (rebuilt from the config)
+        self.register_buffer("betas", betas, persistent=False)
+        self.register_buffer("abar", abar, persistent=False)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.n_classes
+
+    def _gather(self, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return a[t].float()[:, None, None, None]  # (B, 1, 1, 1)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) in closed form (DDPM eq. 4)."""
+        ab = self._gather(self.abar, t)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def eps(self, x, t, y=None):
+        return self.net(x, t, y)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+        """x: (B, C, H, W) in [0, 1]. Returns {"loss": simple eps-MSE}."""
+        x0 = x * 2 - 1
+        B = x0.shape[0]
+        t = torch.randint(0, self.cfg.timesteps, (B,), device=x0.device)
+        noise = torch.randn_like(x0)
+        if self.cfg.n_classes:
+            if y is None:
+                raise ValueError("this diffusion model is class-conditional: pass labels y")
+            drop = torch.rand(B, device=x0.device) < self.cfg.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.null_class), y.long())
+        else:
+            y = None
+        pred = self.net(self.q_sample(x0, t, noise), t, y)
+        return {"loss": F.mse_loss(pred, noise)}
+
+    def _guided_eps(self, x, t, y, guidance: float):
+        """eps_u + w * (eps_c - eps_u); w = 1 is the plain conditional model, w = 0 the
+        unconditional one, w > 1 trades diversity for class fidelity."""
+        if not self.cfg.n_classes:
+            return self.net(x, t, None)
+        null = torch.full_like(y, self.null_class)
+        if guidance == 1.0:
+            return self.net(x, t, y)
+        if guidance == 0.0:
+            return self.net(x, t, null)
+        e = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, ...)
+        e_c, e_u = e.chunk(2)
+        return e_u + guidance * (e_c - e_u)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None, steps: int = 50, guidance: float = 1.0,
+               eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images in [0, 1]. `steps` < timesteps uses DDIM (eta=0: deterministic, Song et
+        al. 2021 eq. 12) on an evenly spaced sub-sequence of timesteps; steps == timesteps with
+        eta=1 is ancestral DDPM sampling. For a conditional model, y=None samples
+        unconditionally (the null label)."""
+        T = self.cfg.timesteps
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be between 1 and {T}, got {steps}")
+        dev = next(self.parameters()).device
+        c = self.cfg
+        x = torch.randn(n, c.channels, c.image_size, c.image_size, generator=generator).to(dev)
+        if c.n_classes:
+            y = torch.full((n,), self.null_class, dtype=torch.long) if y is None else y.long()
+            y = y.to(dev)
+            if y.shape != (n,):
+                raise ValueError(f"y must have shape ({n},), got {tuple(y.shape)}")
+        ts = torch.linspace(T - 1, 0, steps).round().long().tolist()  # descending timesteps
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            ab = self.abar[t].float()
+            ab_prev = self.abar[t_prev].float() if t_prev >= 0 else torch.tensor(1.0, device=dev)
+            tt = torch.full((n,), t, device=dev, dtype=torch.long)
+            e = self._guided_eps(x, tt, y, guidance)
+            x0 = ((x - (1 - ab).sqrt() * e) / ab.sqrt()).clamp(-1, 1)
+            e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # eps consistent with the clipped x0
+            sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+            x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * e
+            if t_prev >= 0 and eta > 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator).to(dev)
+        return ((x + 1) / 2).clamp(0, 1)
