@@ -1,0 +1,279 @@
+"""Recipe: language models (GPT, RNN, LSTM, GRU) on any text, and generation from them.
+
+Train: `genforge train gpt-shakespeare` or `genforge train language-model --set data=my.txt`.
+Generate: `genforge generate RUN --prompt "ROMEO:" --stream`.
+The tokenizer (char or byte-level BPE) is trained on the data and saved as
+`RUN/tokenizer.json`; `config.json` holds the vocabulary size, so the run rebuilds alone.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genforge.config import TrainConfig
+from genforge.data import text as T
+from genforge.data.tokenizers import load_tokenizer, train_tokenizer
+from genforge.generate.sampling import SamplingConfig, generate_text, stream_text
+from genforge.models.rnn import RNNLM, RNNConfig
+from genforge.models.transformer import GPT, GPTConfig
+
+
+def _rnn_config(cell: str):
+    return lambda: RNNConfig(cell=cell)
+
+
+MODELS = {
+    "gpt": (GPTConfig, GPT),
+    "gru": (_rnn_config("gru"), RNNLM),
+    "lstm": (_rnn_config("lstm"), RNNLM),
+    "rnn": (_rnn_config("rnn"), RNNLM),
+}
+
+
+@dataclass
+class Config(TrainConfig):
+    model: str = "gpt"
+    data: str = "tinyshakespeare"  # tinyshakespeare | file.txt | folder of .txt files
+    data_dir: str = ""  # extra folder searched first for named datasets
+    delimiter: str = ""  # records separated by lines holding only this (e.g. "%")
+    val_fraction: float = 0.1  # the tail of the text held out for validation
+    tokenizer: str = "char"  # char | bpe (byte-level BPE, any Unicode)
+    bpe_vocab: int = 1024  # vocabulary size of the BPE tokenizer
+    max_steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.9, 0.99)  # beta2 0.99: small batches, noisy gradients
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 0  # 0 = the whole validation split
+    log_every: int = 50
+    metric: str = "val_loss"
+    metric_mode: str = "min"
+    # the sample printed at each evaluation
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+    sample_temperature: float = 0.8
+
+
+PRESETS = {
+    "gpt-shakespeare": (
+        {"model": "gpt", "data": "tinyshakespeare", "max_steps": 5000, "batch_size": 32,
+         "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100, "eval_every": 500,
+         "eval_batches": 40, "model.block_size": 128, "model.n_layer": 4, "model.n_head": 4,
+         "model.n_embd": 192, "model.dropout": 0.1, "sample_prompt": "ROMEO:"},
+        "character-level GPT (4 layers, 192 wide, context 128) on Tiny Shakespeare"),
+    "gru-shakespeare": (
+        {"model": "gru", "data": "tinyshakespeare", "max_steps": 5000, "batch_size": 32,
+         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 100, "weight_decay": 0.0,
+         "eval_every": 500, "eval_batches": 40, "model.block_size": 128,
+         "model.embed_size": 128, "model.hidden_size": 384, "model.n_layer": 2,
+         "model.dropout": 0.1, "sample_prompt": "ROMEO:"},
+        "character-level 2-layer GRU (the classic char-rnn text generator) on Tiny Shakespeare"),
+    "lstm-shakespeare": (
+        {"model": "lstm", "data": "tinyshakespeare", "max_steps": 5000, "batch_size": 32,
+         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 100, "weight_decay": 0.0,
+         "eval_every": 500, "eval_batches": 40, "model.block_size": 128,
+         "model.embed_size": 128, "model.hidden_size": 384, "model.n_layer": 2,
+         "model.dropout": 0.1, "sample_prompt": "ROMEO:"},
+        "character-level 2-layer LSTM on Tiny Shakespeare"),
+}
+
+TEST_CONFIG = {"model": "gpt", "data": "tinyshakespeare", "max_steps": 2, "batch_size": 4,
+               "eval_batches": 2, "warmup_steps": 0, "model.block_size": 16,
+               "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16,
+               "sample_tokens": 20}
+TEST_CONFIGS = {
+    "gpt-char": TEST_CONFIG,
+    "gru-bpe": {**TEST_CONFIG, "model": "gru", "tokenizer": "bpe", "bpe_vocab": 300,
+                "model.embed_size": 16, "model.hidden_size": 16, "model.n_layer": 1},
+    "lstm-char": {**TEST_CONFIG, "model": "lstm", "model.embed_size": 16,
+                  "model.hidden_size": 16, "model.n_layer": 1, "model.tie_weights": True},
+}
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def _key(cfg: Config) -> tuple:
+    return (cfg.data, cfg.data_dir, cfg.delimiter, cfg.val_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus(data: str, data_dir: str, delimiter: str, val_fraction: float) -> T.Corpus:
+    return T.load_corpus(data, data_dir or None, delimiter, val_fraction)
+
+
+# tokenizers by (data key, kind, vocab): set by `build` (trained, or read from the run)
+_TOKENIZERS: dict[tuple, object] = {}
+
+
+def _tok_key(cfg: Config) -> tuple:
+    return (*_key(cfg), cfg.tokenizer, cfg.bpe_vocab if cfg.tokenizer == "bpe" else 0)
+
+
+def tokenizer(cfg: Config, run_dir=None):
+    """The run's tokenizer: RUN/tokenizer.json when there is one, else trained on the data
+    (char: every character of the text; BPE: the training split) and cached."""
+    key = _tok_key(cfg)
+    path = Path(run_dir) / "tokenizer.json" if run_dir else None
+    if path is not None and path.is_file():
+        tok = load_tokenizer(path)
+    elif key in _TOKENIZERS:
+        tok = _TOKENIZERS[key]
+    else:
+        corpus = _corpus(*_key(cfg))
+        source = corpus.train + corpus.val if cfg.tokenizer == "char" else corpus.train
+        tok = train_tokenizer(cfg.tokenizer, source, cfg.bpe_vocab)
+    _TOKENIZERS[key] = tok
+    if path is not None and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(path)
+    return tok
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded(tok, key: tuple, split: str) -> torch.Tensor:
+    corpus = _corpus(*key)
+    text = corpus.train if split == "train" else corpus.val
+    return T.to_tensor(tok.encode(text), tok.vocab_size)
+
+
+def tokens(cfg: Config, split: str) -> torch.Tensor:
+    """The split as one token tensor (int16/int32)."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; use train or val (the tail of the text)")
+    tok = tokenizer(cfg)
+    # no separate test text: "test" is the held-out tail too
+    return _encoded(tok, _key(cfg), "train" if split == "train" else "val")
+
+
+# ---------------------------------------------------------------------------------------
+# contract
+
+
+def build(cfg: Config, run_dir=None) -> torch.nn.Module:
+    tok = tokenizer(cfg, run_dir)
+    cfg.model_cfg.vocab_size = tok.vocab_size
+    return MODELS[cfg.model][1](cfg.model_cfg)
+
+
+def batches(cfg: Config, split: str, start_step: int = 0, model=None):
+    block = cfg.model_cfg.block_size
+    data = tokens(cfg, split)
+    if split == "train":
+        return T.RandomWindows(data, cfg.batch_size, block, cfg.seed, start_step)
+    if len(data) < 2:
+        raise ValueError(f"the validation split has {len(data)} tokens; raise val_fraction")
+    return T.sequential_windows(data, cfg.batch_size, block, cfg.eval_batches)
+
+
+def loss(model, batch) -> dict:
+    x, y = batch
+    return {"loss": model.loss(x, y)}
+
+
+def _logits(model, x):
+    out = model(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def evaluate(model, cfg: Config, split: str = "val") -> dict:
+    """Mean cross-entropy per token over the held-out tail (each token predicted once),
+    perplexity, and bits per character (char tokenizer) or per UTF-8 byte (BPE)."""
+    device = next(model.parameters()).device
+    total, n_tok, n_units = 0.0, 0, 0
+    tok = tokenizer(cfg)
+    unit_len = _unit_lengths(tok).to(device)  # characters (char) or bytes (BPE) per token
+    for x, y in batches(cfg, split):
+        x, y = x.to(device), y.to(device)
+        logits = _logits(model, x).float()
+        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                 reduction="sum").item()
+        n_tok += y.numel()
+        n_units += int(unit_len[y].sum())
+    mean = total / max(n_tok, 1)
+    unit = "bits_per_char" if cfg.tokenizer == "char" else "bits_per_byte"
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)),
+            unit: total / math.log(2) / max(n_units, 1)}
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_lengths(tok) -> torch.Tensor:
+    if tok.kind == "char":
+        return torch.ones(tok.vocab_size, dtype=torch.long)
+    # byte-level BPE spells every byte as one printable character, so a token's string
+    # length is its length in bytes
+    return torch.tensor([len(tok.tok.id_to_token(i)) for i in range(tok.vocab_size)])
+
+
+# ---------------------------------------------------------------------------------------
+# generation
+
+
+def _sampling(cfg: Config, **opts) -> SamplingConfig:
+    sc = SamplingConfig()
+    if cfg.delimiter:  # one record at a time
+        sc.stop = [f"\n{cfg.delimiter}\n"]
+    for k, v in opts.items():
+        if k not in SamplingConfig.__dataclass_fields__:
+            raise ValueError(f"unknown generation option {k!r}; options: "
+                             + ", ".join(SamplingConfig.__dataclass_fields__))
+        if v is not None:
+            setattr(sc, k, [v] if k == "stop" and isinstance(v, str) else list(v) if k == "stop" else v)
+    return sc.check()
+
+
+def sample(model, cfg: Config, prompt: str = "", run_dir=None, **opts) -> str:
+    """Continuation of `prompt` (SamplingConfig options: max_new_tokens, temperature,
+    top_k, top_p, repetition_penalty, stop, seed)."""
+    return generate_text(model, tokenizer(cfg, run_dir), prompt, _sampling(cfg, **opts))
+
+
+def log_samples(model, cfg: Config, run_dir, step: int) -> str:
+    text = sample(model, cfg, cfg.sample_prompt, run_dir, max_new_tokens=cfg.sample_tokens,
+                  temperature=cfg.sample_temperature, seed=cfg.seed)
+    shown = cfg.sample_prompt + text
+    if run_dir is not None:
+        out = Path(run_dir) / "samples" / f"step_{step:07d}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(shown, encoding="utf-8")
+    return f"sample at step {step}:\n{shown}\n"
+
+
+_CLI_NAMES = {"max_tokens": "max_new_tokens"}
+
+
+def cli_generate(model, cfg: Config, run_dir, prompt: str = "", stream: bool = False,
+                 out=None, **opts) -> str:
+    """`genforge generate RUN --prompt ... [--stream] [--max-tokens N --temperature T
+    --top-k K --top-p P --repetition-penalty R --stop S --seed S]`: prints the prompt and its
+    continuation (token by token with --stream) and returns the continuation."""
+    out = out or sys.stdout
+    sc = _sampling(cfg, **{_CLI_NAMES.get(k, k): v for k, v in opts.items()})
+    tok = tokenizer(cfg, run_dir)
+    out.write(prompt)
+    out.flush()
+    if stream:
+        pieces = []
+        for piece in stream_text(model, tok, prompt, sc):
+            out.write(piece)
+            out.flush()
+            pieces.append(piece)
+        text = "".join(pieces)
+    else:
+        text = generate_text(model, tok, prompt, sc)
+        out.write(text)
+    out.write("\n")
+    out.flush()
+    return text
