@@ -114,12 +114,19 @@ def parse_value(text: str, tp: Any) -> Any:
         try:
             return int(text)
         except ValueError:
+            pass
+        try:
             f = float(text)  # allow 1e4
-            if f != int(f):
-                raise ValueError(f"expected an integer, got {text!r}") from None
-            return int(f)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if f != int(f):
+            raise ValueError(f"expected an integer, got {text!r}")
+        return int(f)
     if tp is float:
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
     if tp is str:
         return text
     raise ValueError(f"unsupported config type {tp}")

@@ -1,0 +1,226 @@
+"""The `genforge` command line (typer). Every command works on recipes/presets and run
+directories only; recipe-specific behaviour lives in the recipes."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="genforge: train, evaluate, explain, generate with and serve deep-learning models.",
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from genforge.config import ConfigError
+    from genforge.data.registry import DataError
+    from genforge.recipes import UnknownRecipe
+    from genforge.train.checkpoint import RunError
+
+    return ConfigError, DataError, RunError, UnknownRecipe, FileNotFoundError
+
+
+def main() -> None:
+    try:
+        app()
+    except _user_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List recipes (with their model families), presets and named datasets."""
+    from genforge.data.registry import DATASETS
+    from genforge.recipes import RECIPES, all_presets, get_recipe
+
+    typer.echo("recipes (genforge train RECIPE):")
+    for name in RECIPES:
+        mod = get_recipe(name)
+        doc = (mod.__doc__ or "").strip().splitlines()[0].removeprefix("Recipe: ")
+        typer.echo(f"  {name:<22} {doc}")
+        typer.echo(f"  {'':<22} models: {', '.join(mod.MODELS)}")
+    typer.echo("\npresets (genforge train PRESET):")
+    for name, (rname, _, desc) in all_presets().items():
+        typer.echo(f"  {name:<22} [{rname}] {desc}")
+    typer.echo("\ndatasets (--set data=NAME, or a path to your own files):")
+    for name, ds in DATASETS.items():
+        typer.echo(f"  {name:<22} {ds.description}")
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="recipe or preset name (see `genforge list`)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key: key=value (repeatable), e.g. lr=3e-4 model.n_layer=6"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (default runs/<recipe>-<time>)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory exactly where it stopped"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for named datasets"),
+) -> None:
+    """Train a model; writes a run directory (config, weights, metrics, plots)."""
+    from genforge import config as C
+    from genforge.recipes import resolve
+    from genforge.train import checkpoint as ckpt
+    from genforge.train.trainer import fit
+
+    overrides = C.parse_sets(set_)
+    if data_dir is not None:
+        overrides["data_dir"] = str(data_dir)
+    if resume is not None:
+        rname, recipe_mod, cfg = ckpt.read_config(resume)
+        C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)
+        run_dir = resume
+    else:
+        rname, recipe_mod, preset = resolve(recipe)
+        cfg = C.make_config(recipe_mod, preset)
+        C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)
+        run_dir = out or Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ckpt.RunError(f"{run_dir} already exists and is not empty; pass --resume "
+                                f"{run_dir} to continue it, or choose another --out (nothing was overwritten)")
+    typer.echo(f"recipe {rname} -> {run_dir}\nconfig:\n{C.format_config(cfg)}")
+    t0 = time.perf_counter()
+    fit(rname, cfg, run_dir, resume=resume is not None, log=typer.echo)
+    typer.echo(f"done in {time.perf_counter() - t0:.1f}s: {run_dir}")
+
+
+def _evaluate_run(run: Path, split: str, checkpoint: str, extra: dict | None = None) -> dict:
+    from genforge.evaluate.metrics import format_report
+    from genforge.evaluate.plots import plot_confusion
+    from genforge.train.checkpoint import load_run, write_json
+
+    recipe, cfg, model = load_run(run, checkpoint)
+    cfg.eval_batches = 0
+    t0 = time.perf_counter()
+    result = recipe.evaluate(model, cfg, split, **(extra or {}))
+    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    typer.echo(f"{run} [{split}, {checkpoint}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
+               + f"  ({time.perf_counter() - t0:.1f}s)")
+    classes = getattr(cfg, "classes", None)
+    if "confusion_matrix" in result and classes:
+        typer.echo("\n" + format_report(result, classes))
+        png = plot_confusion(result["confusion_matrix"], classes, run / "plots" / f"confusion_{split}.png",
+                             f"{run.name} ({split})")
+        typer.echo(f"\nconfusion matrix plot: {png}")
+    path = run / "eval.json"
+    all_results = json.loads(path.read_text()) if path.is_file() else {}
+    all_results[split] = result
+    write_json(path, all_results)
+    return result
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    split: str = typer.Option("test", help="split to evaluate: test or val"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Evaluate a trained run; prints metrics and writes eval.json (and plots)."""
+    _evaluate_run(run, split, checkpoint)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="run directory of a classifier"),
+    inputs: List[str] = typer.Argument(..., help="input files (images for image classifiers)"),
+    top: int = typer.Option(3, help="how many classes to show per input"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Predict classes (with probabilities) for input files."""
+    from genforge.train.checkpoint import load_run
+
+    recipe, cfg, model = load_run(run, checkpoint)
+    if not hasattr(recipe, "predict"):
+        raise typer.BadParameter(f"{run} is a {cfg.model} run whose recipe does not predict classes")
+    for r in recipe.predict(model, cfg, inputs, top=top):
+        alts = ", ".join(f"{lab} {p:.3f}" for lab, p in r["top"])
+        typer.echo(f"{r['input']}\t{r['label']}\t{r['probability']:.4f}\t({alts})")
+
+
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., help="run directory of a generative model"),
+    prompt: Optional[str] = typer.Option(None, help="text prompt (text models)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="new tokens to generate"),
+    temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="sample from the k most likely tokens"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling mass"),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
+    stream: bool = typer.Option(False, "--stream", help="print text as it is generated"),
+    n: Optional[int] = typer.Option(None, "--n", help="number of samples (images)"),
+    label: Optional[str] = typer.Option(None, help="class to generate (conditional image models)"),
+    guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
+    steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG)"),
+    seed: Optional[int] = typer.Option(None, help="random seed"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Generate text or images from a trained run."""
+    from genforge.train.checkpoint import load_run
+
+    recipe, cfg, model = load_run(run, checkpoint)
+    if not hasattr(recipe, "cli_generate"):
+        raise typer.BadParameter(f"{run} ({cfg.model}) is not a generative model")
+    opts = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
+                stream=stream or None, n=n, label=label, guidance=guidance, steps=steps,
+                out=out, seed=seed)
+    recipe.cli_generate(model, cfg, run, **{k: v for k, v in opts.items() if v is not None})
+
+
+@app.command()
+def runs(folder: Path = typer.Argument(Path("runs"), help="folder holding run directories")) -> None:
+    """Table of the runs under a folder with their key metrics."""
+    if not folder.is_dir():
+        typer.echo(f"no runs: {folder} does not exist (train one with `genforge train quickstart`)")
+        return
+    rows = []
+    for cfg_path in sorted(folder.glob("*/config.json")):
+        run = cfg_path.parent
+        cfg = json.loads(cfg_path.read_text())
+        last_val, last_step = {}, 0
+        mpath = run / "metrics.jsonl"
+        if mpath.is_file():
+            for ln in mpath.read_text().splitlines():
+                if not ln.strip():
+                    continue
+                rec = json.loads(ln)
+                last_step = max(last_step, rec.get("step", 0))
+                if any(k.startswith("val_") for k in rec):
+                    last_val = rec
+        test = {}
+        epath = run / "eval.json"
+        if epath.is_file():
+            test = json.loads(epath.read_text()).get("test", {})
+        metric = cfg.get("metric", "val_loss")
+        key = metric.removeprefix("val_")
+        rows.append((run.name, cfg.get("recipe", "?"), cfg.get("model", "?"), str(cfg.get("data", "?"))[-24:],
+                     str(last_step), metric, _fmt(last_val.get(metric, "-")), _fmt(test.get(key, "-"))))
+    if not rows:
+        typer.echo(f"no runs under {folder}")
+        return
+    header = ("run", "recipe", "model", "data", "step", "metric", "val", "test")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+@app.command()
+def quickstart(
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/quickstart-<time>)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for datasets"),
+) -> None:
+    """Train a small CNN on Fashion-MNIST for one epoch and print its test metrics."""
+    run_dir = out or Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    train("quickstart", [], run_dir, None, data_dir)
+    typer.echo("")
+    _evaluate_run(run_dir, "test", "best")

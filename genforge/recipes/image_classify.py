@@ -1,0 +1,232 @@
+"""Recipe: image classification (MLP, CNN, small ResNet) on named datasets or an image folder."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genforge.config import TrainConfig
+from genforge.data import registry
+from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.images import load_image, load_image_folder, random_crop_flip
+from genforge.evaluate.metrics import classification_metrics
+from genforge.models.cnn import CNN, CNNConfig, ResNet, ResNetConfig
+from genforge.models.mlp import MLP, MLPConfig
+
+MODELS = {
+    "mlp": (MLPConfig, MLP),
+    "cnn": (CNNConfig, CNN),
+    "resnet": (ResNetConfig, ResNet),
+}
+
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle-boot"]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+SPLIT_SEED = 1234  # validation/test carving is fixed, independent of the training seed
+
+
+@dataclass
+class Config(TrainConfig):
+    model: str = "cnn"
+    data: str = "fashion-mnist"  # fashion-mnist | mnist | digits | cifar10 | path/to/folder
+    data_dir: str = ""  # extra folder searched first for named datasets
+    val_fraction: float = 0.1  # carved from train with a fixed seed
+    test_fraction: float = 0.2  # only for data without a test split (digits, image folders)
+    train_limit: int = 0  # use only the first N training images (0 = all)
+    crop_pad: int = 0  # augmentation: random crop after padding by this many pixels
+    flip: bool = False  # augmentation: random horizontal flip
+    image_size: int = 0  # resize images of a folder to this side (0 = keep the first's size)
+    batch_size: int = 128
+    epochs: float = 5.0
+    metric: str = "val_accuracy"
+    metric_mode: str = "max"
+    # filled from the data by `build`, saved in config.json so runs load without the data
+    classes: list[str] = field(default_factory=list)
+    channels: int = 0
+    height: int = 0
+    width: int = 0
+    mean: float = 0.0
+    std: float = 1.0
+
+
+PRESETS = {
+    "quickstart": ({"model": "cnn", "data": "fashion-mnist", "epochs": 1, "batch_size": 128,
+                    "model.channels": (16, 32), "model.dense": 64, "lr": 2e-3,
+                    "eval_every": 100},
+                   "small CNN, one epoch of Fashion-MNIST (about a minute on 2 CPU cores)"),
+    "mlp-digits": ({"model": "mlp", "data": "digits", "epochs": 60, "batch_size": 32, "lr": 3e-3,
+                    "model.hidden": (64, 64)},
+                   "the classic Dense 64-64-10 network on scikit-learn's 8x8 digits"),
+    "cnn-digits": ({"model": "cnn", "data": "digits", "epochs": 40, "batch_size": 32, "lr": 3e-3,
+                    "model.channels": (32, 64), "model.dense": 64, "model.dropout": 0.2},
+                   "conv-pool-conv-dense on scikit-learn's 8x8 digits"),
+    "mlp-fashion": ({"model": "mlp", "data": "fashion-mnist", "epochs": 20, "batch_size": 128,
+                     "lr": 1e-3, "model.hidden": (512, 256), "model.dropout": 0.2,
+                     "weight_decay": 0.01},
+                    "MLP 784-512-256-10 with dropout on Fashion-MNIST"),
+    "cnn-fashion": ({"model": "resnet", "data": "fashion-mnist", "epochs": 12, "batch_size": 128,
+                     "lr": 3e-3, "weight_decay": 0.05, "warmup_steps": 200,
+                     "crop_pad": 2, "flip": True, "model.widths": (32, 64, 128),
+                     "model.label_smoothing": 0.1},
+                    "small residual CNN with crop+flip augmentation on Fashion-MNIST"),
+    "cnn-cifar10": ({"model": "cnn", "data": "cifar10", "epochs": 10, "batch_size": 64,
+                     "model.channels": (32, 64, 64), "model.dense": 64},
+                    "the textbook conv-pool-conv-pool-dense CIFAR-10 network"),
+}
+
+TEST_CONFIGS = {
+    "mlp-digits": {"model": "mlp", "data": "digits", "max_steps": 2, "batch_size": 16,
+                   "model.hidden": (16,), "eval_batches": 2},
+    "cnn-fashion": {"model": "cnn", "data": "fashion-mnist", "max_steps": 2, "batch_size": 16,
+                    "train_limit": 256, "model.channels": (4, 8), "model.dense": 8,
+                    "crop_pad": 2, "flip": True, "eval_batches": 2},
+    "resnet-digits": {"model": "resnet", "data": "digits", "max_steps": 2, "batch_size": 16,
+                      "model.widths": (4, 8), "eval_batches": 2},
+}
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def _carve(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-seed split of range(n) into (rest, carved) index sets."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    k = int(round(n * fraction))
+    return perm[k:], perm[:k]
+
+
+@functools.lru_cache(maxsize=4)
+def _load(data: str, data_dir: str, image_size: int, channels: int):
+    """-> dict split -> (uint8 images (N, C, H, W), int64 labels), and class names."""
+    from genforge.data.idx import read_idx
+
+    if data in ("fashion-mnist", "mnist"):
+        ds = registry.get(data)
+        out = {}
+        for split, (img_f, lab_f) in ds.splits.items():
+            try:
+                x = read_idx(registry.find(data, img_f, data_dir or None))
+                y = read_idx(registry.find(data, lab_f, data_dir or None)).long()
+            except registry.DataError as e:
+                if split == "train":
+                    raise registry.DataError(f"{data}: the training split is missing. {e}") from None
+                raise
+            if x.ndim != 3 or len(x) != len(y):
+                raise registry.DataError(f"{data} {split}: images {tuple(x.shape)} and labels "
+                                         f"{tuple(y.shape)} do not match")
+            out[split] = (x[:, None], y)  # (N, 1, 28, 28)
+        return out, FASHION_CLASSES if data == "fashion-mnist" else DIGIT_CLASSES
+    if data == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        # sklearn stores 0..16 intensities; scale to 0..255 like every other source
+        x = torch.from_numpy((d.images * (255.0 / 16.0)).round()).to(torch.uint8)[:, None]
+        y = torch.from_numpy(d.target).long()
+        rest, test = _carve(len(x), 0.2)
+        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, DIGIT_CLASSES
+    if data == "cifar10":
+        from genforge.data.cifar import CLASSES, load_cifar10
+
+        archive = registry.find("cifar10", "cifar-10-python.tar.gz", data_dir or None)
+        return {s: load_cifar10(archive, s) for s in ("train", "test")}, list(CLASSES)
+    path = Path(data)
+    if path.is_dir():
+        size = (image_size, image_size) if image_size else None
+        x, y, classes = load_image_folder(path, channels or None, size)
+        rest, test = _carve(len(x), 0.2)
+        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, classes
+    raise registry.DataError(
+        f"data={data!r} is neither a named image dataset (fashion-mnist, mnist, digits, cifar10) "
+        "nor a folder of class subfolders with images")
+
+
+def _splits(cfg: Config) -> tuple[dict, list[str]]:
+    raw, classes = _load(cfg.data, cfg.data_dir, cfg.image_size, cfg.channels)
+    x, y = raw["train"]
+    if cfg.train_limit:
+        x, y = x[:cfg.train_limit], y[:cfg.train_limit]
+    rest, val = _carve(len(x), cfg.val_fraction)
+    return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}, classes
+
+
+def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    return (x.float() / 255.0 - cfg.mean) / cfg.std
+
+
+def build(cfg: Config, run_dir=None) -> torch.nn.Module:
+    if not cfg.classes:  # first build (training): read shapes and statistics from the data
+        splits, classes = _splits(cfg)
+        x = splits["train"][0]
+        cfg.classes = list(classes)
+        cfg.channels, cfg.height, cfg.width = x.shape[1], x.shape[2], x.shape[3]
+        xf = x.float() / 255.0
+        cfg.mean, cfg.std = round(xf.mean().item(), 6), round(xf.std().item(), 6)
+    mc = cfg.model_cfg
+    if isinstance(mc, MLPConfig):
+        mc.in_features = cfg.channels * cfg.height * cfg.width
+    else:
+        mc.in_channels, mc.image_size = cfg.channels, cfg.height
+    mc.n_classes = len(cfg.classes)
+    return MODELS[cfg.model][1](mc)
+
+
+def batches(cfg: Config, split: str, start_step: int = 0, model=None):
+    splits, _ = _splits(cfg)
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    x, y = splits[split]
+    if split != "train":
+        return sequential_batches((_normalize(x, cfg), y), cfg.batch_size, cfg.eval_batches)
+
+    def transform(batch, gen):
+        xb, yb = batch
+        xb = _normalize(xb, cfg)
+        if cfg.crop_pad or cfg.flip:
+            # pad with the normalised value of black so padding looks like background
+            xb = random_crop_flip(xb + cfg.mean / cfg.std, gen, cfg.crop_pad, cfg.flip) - cfg.mean / cfg.std
+        return xb, yb
+
+    return ShuffledBatches((x, y), cfg.batch_size, cfg.seed, start_step, transform)
+
+
+def loss(model, batch) -> dict:
+    x, y = batch
+    logits = model(x)
+    ls = getattr(getattr(model, "cfg", None), "label_smoothing", 0.0)
+    return {"loss": F.cross_entropy(logits, y, label_smoothing=ls),
+            "accuracy": (logits.argmax(-1) == y).float().mean()}
+
+
+@torch.no_grad()
+def evaluate(model, cfg: Config, split: str = "val") -> dict:
+    device = next(model.parameters()).device
+    preds, targets, total_loss, n = [], [], 0.0, 0
+    for x, y in batches(cfg, split):
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        n += len(y)
+        preds.append(logits.argmax(-1).cpu())
+        targets.append(y.cpu())
+    report = classification_metrics(torch.cat(preds), torch.cat(targets), len(cfg.classes))
+    return {"loss": total_loss / max(n, 1), **report}
+
+
+@torch.no_grad()
+def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:
+    """Image files -> [{input, label, probability, top: [(label, p), ...]}]."""
+    device = next(model.parameters()).device
+    x = torch.stack([load_image(p, cfg.channels, (cfg.height, cfg.width)) for p in inputs])
+    probs = F.softmax(model(_normalize(x, cfg).to(device)).float(), dim=-1).cpu()
+    out = []
+    for path, p in zip(inputs, probs):
+        vals, idx = p.topk(min(top, len(cfg.classes)))
+        out.append({"input": str(path), "label": cfg.classes[idx[0]], "probability": vals[0].item(),
+                    "top": [(cfg.classes[i], v.item()) for v, i in zip(vals, idx)]})
+    return out
+

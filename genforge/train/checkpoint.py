@@ -1,0 +1,155 @@
+"""Run directories: config.json + model.safetensors + trainer_state.pt, written atomically.
+
+Every file is written to a temporary name in the same folder, fsynced, then renamed over
+the old one, so a crash mid-save leaves the previous checkpoint intact."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_model, save_model
+
+from genforge import config as C
+from genforge.recipes import get_recipe
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete or would be overwritten."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip torch.compile's and DDP's wrappers so saved keys are the plain module's."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    # save_model (not save_file) handles tied weights, e.g. GPT's embedding/head tying
+    atomic_write(path, lambda p: save_model(unwrap(model), str(p)))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    missing, unexpected = load_model(model, str(path), strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path} does not match the model built from config.json "
+                       f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")
+
+
+def save_config(run_dir: Path, recipe_name: str, cfg: C.TrainConfig) -> None:
+    write_json(Path(run_dir) / "config.json", {"recipe": recipe_name, **C.to_dict(cfg)})
+
+
+def read_config(run_dir: str | Path):
+    """config.json of a run -> (recipe name, recipe module, cfg)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a genforge run (no config.json); pass a folder made "
+                       "by `genforge train` (see `genforge runs`)")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e})") from None
+    rname = d.get("recipe")
+    recipe = get_recipe(rname)
+    return rname, recipe, C.from_dict(recipe, d)
+
+
+def weights_path(run_dir: Path, which: str = "best") -> Path:
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise RunError(f"checkpoint must be 'best' or 'last', not {which!r}")
+    best, last = run_dir / "best.safetensors", run_dir / "model.safetensors"
+    if which == "best" and best.is_file():
+        return best
+    if last.is_file():
+        return last
+    raise RunError(f"{run_dir} has no saved weights (model.safetensors); it may still be "
+                   "training or have failed before its first checkpoint")
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
+    """A run directory -> (recipe module, cfg, model in eval mode). Needs nothing else."""
+    run_dir = Path(run_dir)
+    _, recipe, cfg = read_config(run_dir)
+    model = recipe.build(cfg, run_dir=run_dir)
+    load_weights(model, weights_path(run_dir, which))
+    return recipe, cfg, model.to(device).eval()
+
+
+def _np_state_to_tensors(state) -> dict:
+    name, keys, pos, has_gauss, cached = state
+    return {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached), "name": name}
+
+
+def _np_state_from_tensors(d: dict):
+    import numpy as np
+
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    st = {"torch": torch.get_rng_state(), "numpy": _np_state_to_tensors(np.random.get_state()),
+          "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(_np_state_from_tensors(st["numpy"]))
+    # the tuple-of-ints state comes back as lists after the weights_only round trip
+    version, internal, gauss = st["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_trainer_state(path: Path, state: dict) -> None:
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_trainer_state(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise RunError(f"cannot resume: {path} is missing (the run never saved a checkpoint)")
+    # weights_only: a checkpoint must never be able to run code when loaded
+    return torch.load(path, map_location="cpu", weights_only=True)

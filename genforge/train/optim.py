@@ -1,0 +1,67 @@
+"""Optimisers (parameter groups: no weight decay on biases/norms), LR schedules, penalties."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and conv kernels; never biases, norm scales or embeddings' 1-d params
+    (the usual AdamW practice, e.g. nanoGPT `configure_optimizers`)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        # Adam's weight_decay is coupled L2 (added to the gradient), unlike AdamW's
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, cfg, total_steps: int) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** (step // max(1, cfg.step_size))
+    # warmup + cosine decay to min_lr (Loshchilov & Hutter 2017, without restarts)
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, total_steps))
+
+
+def penalty(model: nn.Module, l1: float, l2: float) -> torch.Tensor | None:
+    """Explicit regularisation term l1 * sum|w| + l2 * sum w^2 over weight matrices/kernels
+    (J + lambda * sum w^2, as in the textbooks; biases are not penalised)."""
+    if not l1 and not l2:
+        return None
+    total = None
+    for p in model.parameters():
+        if p.requires_grad and p.dim() >= 2:
+            term = 0
+            if l1:
+                term = term + l1 * p.abs().sum()
+            if l2:
+                term = term + l2 * p.pow(2).sum()
+            total = term if total is None else total + term
+    return total

@@ -1,0 +1,225 @@
+"""The one training loop.
+
+Reads top-down: set-up (device, seed, model, optimiser, schedule, resume), then the loop
+(accumulate micro-batches -> clip -> step -> schedule), with logging, evaluation,
+checkpointing and early stopping every N steps. Recipes plug in through `loss` (one
+optimiser) or `optimizers` + `update` (GAN, RL); nothing else is a hook.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from genforge import config as C
+from genforge.recipes import get_recipe
+from genforge.train import checkpoint as ckpt
+from genforge.train.device import autocast, resolve_device, seed_everything, to_device
+from genforge.train.optim import make_optimizer, make_scheduler, penalty
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if mode == "min" else value > best
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    ckpt.atomic_write(path, lambda p: p.write_text("".join(ln + "\n" for ln in keep)))
+
+
+def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool = False,
+        stop_at: int | None = None, log: Callable[[str], None] = print) -> Path:
+    """Train `cfg` with recipe `recipe_name` into `out_dir` (or continue it when `resume`).
+
+    `stop_at` ends the run early after that many steps, checkpointed, as an interruption
+    would (used to test that resuming is exact)."""
+    recipe = get_recipe(recipe_name)
+    out_dir = Path(out_dir)
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
+                            "to continue it, or choose another --out (nothing was overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    model = recipe.build(cfg, run_dir=out_dir).to(device)
+    ckpt.save_config(out_dir, recipe_name, cfg)  # after build: data-dependent fields are filled
+    custom = hasattr(recipe, "update")
+    opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg)}
+
+    step, best, bad_evals = 0, None, 0
+    state = ckpt.load_trainer_state(out_dir / "trainer_state.pt") if resume else None
+    if state is not None:
+        ckpt.load_weights(model, out_dir / "model.safetensors")
+        step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
+
+    batches = recipe.batches(cfg, "train", start_step=step, model=model)
+    steps_per_epoch = getattr(batches, "steps_per_epoch", None)
+    total = cfg.max_steps or math.ceil(cfg.epochs * (steps_per_epoch or 1000))
+    scheds = {k: make_scheduler(o, cfg, total) for k, o in opts.items()}
+    if state is not None:
+        for k, o in opts.items():
+            o.load_state_dict(state["optimizers"][k])
+            scheds[k].load_state_dict(state["schedulers"][k])
+        if hasattr(recipe, "load_extra_state") and "extra" in state:
+            recipe.load_extra_state(model, cfg, state["extra"])
+        ckpt.set_rng_state(state["rng"])
+        _truncate_metrics(out_dir / "metrics.jsonl", step)
+        log(f"resumed {out_dir} at step {step}/{total}")
+
+    train_model = torch.compile(model) if cfg.compile else model
+    eval_every = cfg.eval_every or steps_per_epoch or total
+    save_every = cfg.save_every or eval_every
+    writer = _tensorboard(out_dir, cfg.tensorboard, log)
+    metrics_path = out_dir / "metrics.jsonl"
+    examples_per_step = cfg.batch_size * cfg.grad_accum
+
+    def save(final: bool = False) -> None:
+        ckpt.save_weights(model, out_dir / "model.safetensors")
+        st = {"step": step, "best": best, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
+              "optimizers": {k: o.state_dict() for k, o in opts.items()},
+              "schedulers": {k: s.state_dict() for k, s in scheds.items()}}
+        if hasattr(recipe, "extra_state"):
+            st["extra"] = recipe.extra_state(model, cfg)
+        ckpt.save_trainer_state(out_dir / "trainer_state.pt", st)
+
+    bar = _progress(total, step)
+    sums: dict[str, torch.Tensor | float] = {}
+    n_logged, t_log, stopped_early = 0, time.perf_counter(), False
+    while step < total:
+        model.train()
+        if custom:
+            out = recipe.update(train_model, to_device(next(batches), device), opts, step, cfg)
+        else:
+            out = {}
+            opt = opts["main"]
+            for _ in range(cfg.grad_accum):
+                batch = to_device(next(batches), device)
+                with autocast(device):
+                    out = recipe.loss(train_model, batch)
+                    loss = out["loss"]
+                    pen = penalty(model, cfg.l1, cfg.l2)
+                    if pen is not None:
+                        loss = loss + pen
+                (loss / cfg.grad_accum).backward()
+            if cfg.grad_clip > 0:
+                out = {**out, "grad_norm": torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)}
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for s in scheds.values():
+            s.step()
+        step += 1
+        # accumulate detached tensors; .item() only when logging (avoids a sync per step)
+        for k, v in out.items():
+            v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            sums[k] = sums.get(k, 0.0) + v
+        n_logged += 1
+
+        if step % cfg.log_every == 0 or step == total:
+            dt = time.perf_counter() - t_log
+            rec = {"step": step, **{f"train_{k}": float(v) / n_logged for k, v in sums.items()},
+                   "lr": next(iter(opts.values())).param_groups[0]["lr"],
+                   "examples_per_s": examples_per_step * n_logged / max(dt, 1e-9)}
+            _append_jsonl(metrics_path, rec)
+            _tb(writer, rec, step)
+            bar.set_postfix({k.replace("train_", ""): f"{v:.4g}" for k, v in rec.items() if k != "step"})
+            if not bar.interactive:
+                log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            sums, n_logged, t_log = {}, 0, time.perf_counter()
+        bar.update(1)
+
+        if step % eval_every == 0 or step == total:
+            model.eval()
+            with torch.no_grad(), autocast(device):
+                ev = {f"val_{k}": float(v) for k, v in recipe.evaluate(model, cfg, "val").items()
+                      if isinstance(v, (int, float))}
+            rec = {"step": step, **ev}
+            _append_jsonl(metrics_path, rec)
+            _tb(writer, rec, step)
+            log("eval " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            value = ev.get(cfg.metric)
+            if value is None and cfg.metric.startswith("val_"):
+                raise C.ConfigError(f"metric {cfg.metric!r} is not reported by this recipe; "
+                                    f"choose one of: {', '.join(ev)}")
+            if _is_better(value, best, cfg.metric_mode):
+                best, bad_evals = value, 0
+                ckpt.save_weights(model, out_dir / "best.safetensors")
+            else:
+                bad_evals += 1
+            if hasattr(recipe, "log_samples"):
+                text = recipe.log_samples(model, cfg, out_dir, step)
+                if text:
+                    log(text)
+            if cfg.patience and bad_evals >= cfg.patience:
+                log(f"early stopping at step {step}: {cfg.metric} did not improve for "
+                    f"{bad_evals} evaluations (best {best:.4g})")
+                stopped_early = True
+        if step % save_every == 0 or step == total or stopped_early or step == stop_at:
+            save()
+        if stopped_early or step == stop_at:
+            break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if cfg.plots:
+        from genforge.evaluate.plots import plot_curves
+
+        plot_curves(metrics_path, out_dir / "plots" / "curves.png")
+    return out_dir
+
+
+class _NoBar:
+    interactive = False
+
+    def update(self, n):
+        pass
+
+    def set_postfix(self, d):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int):
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    bar.interactive = True
+    return bar
+
+
+def _tensorboard(out_dir: Path, enabled: bool, log):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log("tensorboard=true but the tensorboard package is not installed; "
+            "`pip install tensorboard` (continuing without it)")
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _tb(writer, rec: dict, step: int) -> None:
+    if writer is not None:
+        for k, v in rec.items():
+            if k != "step" and isinstance(v, (int, float)):
+                writer.add_scalar(k, v, step)
