@@ -11,6 +11,7 @@ from types import ModuleType
 
 RECIPES: dict[str, str] = {
     "image-classify": "genforge.recipes.image_classify",
+    "image-generate": "genforge.recipes.image_generate",
     "reinforce": "genforge.recipes.reinforce",
     "language-model": "genforge.recipes.language_model",
 }

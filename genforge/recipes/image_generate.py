@@ -1,0 +1,447 @@
+"""Recipe: image generation with a VAE, a DCGAN or a diffusion model (DDPM + DDIM), optionally
+class-conditional, on Fashion-MNIST, MNIST or a folder of images (one subfolder per class).
+
+All three families share the data, the sample grids written during training
+(`run_dir/samples/`), `genforge generate RUN` and the quality metrics of
+`genforge.evaluate.fid` (FID and an Inception-Score analogue in the feature space of a genforge
+classifier run given as `classifier=RUN`, class-consistency, the VAE's negative ELBO).
+
+The GAN's update is two optimisers (D then G, Adam beta1=0.5 as in DCGAN), so this recipe
+defines `optimizers` + `update`; for the VAE and the diffusion model `update` is the ordinary
+one-loss step (the same clip/penalty as the trainer's) with one optimiser.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from genforge.config import ConfigError, TrainConfig
+from genforge.data import registry
+from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.images import load_image_folder
+from genforge.generate.images import save_grid
+from genforge.models.diffusion import Diffusion, DiffusionConfig
+from genforge.models.gan import GAN, GANConfig
+from genforge.models.vae import VAE, VAEConfig
+from genforge.train.device import autocast
+from genforge.train.optim import make_optimizer, penalty
+
+MODELS = {
+    "vae": (VAEConfig, VAE),
+    "gan": (GANConfig, GAN),
+    "diffusion": (DiffusionConfig, Diffusion),
+}
+
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle-boot"]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+SPLIT_SEED = 1234  # validation/test carving is fixed, independent of the training seed
+
+
+@dataclass
+class Config(TrainConfig):
+    model: str = "vae"
+    data: str = "fashion-mnist"  # fashion-mnist | mnist | path/to/folder/<class>/<image>
+    data_dir: str = ""  # extra folder searched first for named datasets
+    conditional: bool = True  # condition on the class label (CVAE / cGAN / CFG diffusion)
+    val_fraction: float = 0.1  # carved from train with a fixed seed
+    test_fraction: float = 0.2  # only for data without a test split (image folders, offline MNIST)
+    train_limit: int = 0  # use only the first N training images (0 = all)
+    image_size: int = 0  # resize a folder's images to this side (0 = keep the first's size)
+    batch_size: int = 128
+    epochs: float = 10.0
+    # quality metrics at evaluation (FID etc. need a genforge image-classify run on the same data)
+    classifier: str = ""  # run directory of an image-classify model (e.g. runs/cnn-fashion)
+    eval_samples: int = 500  # generated images per evaluation when `classifier` is set
+    # sampling defaults (`genforge generate` options override them)
+    sample_grid: int = 100  # images in the grid written at each evaluation
+    sample_steps: int = 50  # DDIM steps (diffusion)
+    guidance: float = 3.0  # classifier-free guidance scale (conditional diffusion); 1 = none
+    # filled from the data by `build`, saved in config.json so runs load without the data
+    classes: list[str] = field(default_factory=list)
+    channels: int = 0
+    height: int = 0
+    width: int = 0
+
+
+PRESETS = {
+    "vae-fashion": ({"model": "vae", "data": "fashion-mnist", "model.arch": "conv", "epochs": 20,
+                     "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "eval_every": 2000,
+                     "model.latent": 32},
+                    "conditional conv VAE on Fashion-MNIST (negative ELBO in nats, sample grids)"),
+    "gan-fashion": ({"model": "gan", "data": "fashion-mnist", "epochs": 15, "batch_size": 64,
+                     "lr": 2e-4, "schedule": "constant", "eval_every": 2000,
+                     "model.g_channels": 32, "model.d_channels": 32},
+                    "conditional DCGAN (projection discriminator) on Fashion-MNIST"),
+    "diffusion-fashion": ({"model": "diffusion", "data": "fashion-mnist", "max_steps": 2000,
+                           "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_every": 1000,
+                           "eval_batches": 20, "grad_clip": 1.0},
+                          "conditional DDPM U-Net with classifier-free guidance, DDIM sampling"),
+}
+
+_TINY = {"data": "fashion-mnist", "max_steps": 2, "batch_size": 8, "train_limit": 128,
+         "eval_batches": 1, "sample_grid": 4, "sample_steps": 2, "plots": False}
+TEST_CONFIGS = {
+    "vae-mlp": {**_TINY, "model": "vae", "model.hidden": 16, "model.latent": 4},
+    "vae-conv": {**_TINY, "model": "vae", "model.arch": "conv", "model.conv_channels": 4,
+                 "model.hidden": 16, "model.latent": 4, "conditional": False},
+    "gan": {**_TINY, "model": "gan", "model.g_channels": 4, "model.d_channels": 4, "model.z_dim": 8},
+    "diffusion": {**_TINY, "model": "diffusion", "model.base_channels": 8, "model.timesteps": 20},
+}
+TEST_SAMPLE = {"n": 4}
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def _carve(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-seed split of range(n) into (rest, carved) index sets."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    k = int(round(n * fraction))
+    return perm[k:], perm[:k]
+
+
+@functools.lru_cache(maxsize=4)
+def _load(data: str, data_dir: str, image_size: int, test_fraction: float):
+    """-> ({split: (uint8 images (N, C, H, W), int64 labels)}, class names)."""
+    from genforge.data.idx import read_idx
+
+    if data in ("fashion-mnist", "mnist"):
+        ds = registry.get(data)
+        classes = FASHION_CLASSES if data == "fashion-mnist" else DIGIT_CLASSES
+        out = {}
+        for split, (img_f, lab_f) in ds.splits.items():
+            try:
+                x = read_idx(registry.find(data, img_f, data_dir or None))
+                y = read_idx(registry.find(data, lab_f, data_dir or None))
+            except registry.DataError:
+                if split == "train" and data == "mnist":
+                    continue  # offline copies may hold the test split only: handled below
+                raise
+            out[split] = (x[:, None], y.long())  # (N, 1, 28, 28)
+        if "train" not in out:
+            if "test" not in out:
+                raise registry.DataError(f"{data}: no split found")
+            # only the 10k test images exist here: train on a fixed 80%, test on the rest
+            print(f"note: the {data} training split is not available; training on "
+                  f"{1 - test_fraction:.0%} of its test split and testing on the rest",
+                  file=sys.stderr)
+            x, y = out["test"]
+            rest, test = _carve(len(x), test_fraction)
+            out = {"train": (x[rest], y[rest]), "test": (x[test], y[test])}
+        return out, classes
+    path = Path(data)
+    if path.is_dir():
+        size = (image_size, image_size) if image_size else None
+        x, y, classes = load_image_folder(path, None, size)
+        rest, test = _carve(len(x), test_fraction)
+        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, classes
+    raise registry.DataError(
+        f"data={data!r} is neither a named image dataset (fashion-mnist, mnist) nor a folder "
+        "of class subfolders with images")
+
+
+def splits(cfg: Config) -> tuple[dict, list[str]]:
+    """{train, val, test: (uint8 images, labels)} and class names."""
+    raw, classes = _load(cfg.data, cfg.data_dir, cfg.image_size, cfg.test_fraction)
+    x, y = raw["train"]
+    if cfg.train_limit:
+        x, y = x[:cfg.train_limit], y[:cfg.train_limit]
+    rest, val = _carve(len(x), cfg.val_fraction)
+    return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}, classes
+
+
+def _to_unit(batch, gen=None):
+    x, y = batch
+    return x.float() / 255.0, y  # images in [0, 1]; each model rescales as it needs
+
+
+def batches(cfg: Config, split: str, start_step: int = 0, model=None):
+    sp, _ = splits(cfg)
+    if split not in sp:
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    if split != "train":
+        x, y = sp[split]
+        return sequential_batches((x.float() / 255.0, y), cfg.batch_size, cfg.eval_batches)
+    return ShuffledBatches(sp["train"], cfg.batch_size, cfg.seed, start_step, _to_unit)
+
+
+# ---------------------------------------------------------------------------------------
+# model
+
+
+def build(cfg: Config, run_dir=None) -> torch.nn.Module:
+    if not cfg.classes:  # first build (training): read shapes from the data
+        sp, classes = splits(cfg)
+        x = sp["train"][0]
+        cfg.classes = list(classes)
+        cfg.channels, cfg.height, cfg.width = x.shape[1], x.shape[2], x.shape[3]
+    if cfg.height != cfg.width:
+        raise ConfigError(f"image generation needs square images, got {cfg.height}x{cfg.width}; "
+                         "set image_size=N to resize a folder's images")
+    mc = cfg.model_cfg
+    mc.image_size, mc.channels = cfg.height, cfg.channels
+    mc.n_classes = len(cfg.classes) if cfg.conditional else 0
+    return MODELS[cfg.model][1](mc)
+
+
+def _family(model) -> str:
+    m = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    return {VAE: "vae", GAN: "gan", Diffusion: "diffusion"}[type(m)]
+
+
+def _labels(cfg: Config, y):
+    return y if cfg.conditional else None
+
+
+def loss(model, batch) -> dict:
+    """One-loss families (VAE, diffusion): the model's own loss. The GAN has no single loss."""
+    if _family(model) == "gan":
+        raise TypeError("the GAN is trained with `update` (two optimisers), not `loss`")
+    x, y = batch
+    return model(x, y if model.cfg.n_classes else None)
+
+
+def optimizers(model, cfg: Config) -> dict:
+    if _family(model) == "gan":
+        # DCGAN (Radford et al. 2016, section 4): Adam with beta1 = 0.5; 0.9 oscillates
+        betas = (0.5, cfg.betas[1])
+        return {"g": torch.optim.Adam(model.generator.parameters(), lr=cfg.lr, betas=betas),
+                "d": torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr, betas=betas)}
+    return {"main": make_optimizer(model, cfg)}
+
+
+def update(model, batch, opts: dict, step: int, cfg: Config) -> dict:
+    if _family(model) == "gan":
+        return gan_update(model, batch, opts, cfg)
+    device = next(model.parameters()).device
+    opt = opts["main"]
+    with autocast(device):
+        out = loss(model, batch)
+        total = out["loss"]
+        pen = penalty(model, cfg.l1, cfg.l2)
+        if pen is not None:
+            total = total + pen
+    total.backward()
+    if cfg.grad_clip > 0:
+        out["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in out.items()}
+
+
+def gan_update(model, batch, opts: dict, cfg: Config) -> dict:
+    """One D step on a real batch and a fresh fake batch, then one G step on the same fakes
+    (the fakes are generated once, as in the PyTorch DCGAN example)."""
+    x, y = batch
+    y = _labels(cfg, y)
+    real = x * 2 - 1  # the generator's tanh range
+    fake = model.generator(model.noise(len(x)), y)
+    d = model.d_loss(real, fake, y)  # fake is detached inside: no gradient reaches G
+    opts["d"].zero_grad(set_to_none=True)
+    d["loss"].backward()
+    opts["d"].step()
+    # G step: D's parameters are frozen so the backward pass only fills G's gradients
+    model.discriminator.requires_grad_(False)
+    try:
+        g = model.g_loss(fake, y)
+        opts["g"].zero_grad(set_to_none=True)
+        g["loss"].backward()
+        opts["g"].step()
+    finally:
+        model.discriminator.requires_grad_(True)
+    return {"d_loss": d["loss"].detach(), "g_loss": g["loss"].detach(),
+            "d_real": d["d_real"], "d_fake": d["d_fake"]}
+
+
+# ---------------------------------------------------------------------------------------
+# sampling
+
+
+def parse_label(cfg: Config, label) -> int:
+    """A class name (case-insensitive) or index -> class index."""
+    if isinstance(label, int):
+        idx = label
+    else:
+        names = [c.lower() for c in cfg.classes]
+        text = str(label).strip().lower()
+        if text in names:
+            idx = names.index(text)
+        elif text.lstrip("-").isdigit():
+            idx = int(text)
+        else:
+            raise ConfigError(f"unknown label {label!r}; classes: {', '.join(cfg.classes)}")
+    if not 0 <= idx < len(cfg.classes):
+        raise ConfigError(f"label index {idx} is out of range 0..{len(cfg.classes) - 1}")
+    return idx
+
+
+@torch.no_grad()
+def generate_images(model, cfg: Config, labels: torch.Tensor | None, n: int, steps: int | None = None,
+                    guidance: float | None = None, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
+    """n images (n, C, H, W) in [0, 1], generated in batches with a fixed seed.
+    `labels` (n,) for conditional models (None = unconditional / the null label)."""
+    fam = _family(model)
+    m = getattr(model, "_orig_mod", model)
+    was_training = m.training
+    m.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    try:
+        for i in range(0, n, batch_size):
+            k = min(batch_size, n - i)
+            yb = None if labels is None else labels[i:i + k].to(next(m.parameters()).device)
+            if fam == "diffusion":
+                out.append(m.sample(k, yb, steps=steps or cfg.sample_steps,
+                                    guidance=cfg.guidance if guidance is None else guidance,
+                                    generator=g).cpu())
+            else:
+                if fam == "vae" and m.cfg.n_classes and yb is None:
+                    raise ValueError("the conditional VAE needs labels to sample")
+                if fam == "gan" and m.cfg.n_classes and yb is None:
+                    raise ValueError("the conditional GAN needs labels to sample")
+                out.append(m.sample(k, yb, generator=g).cpu())
+    finally:
+        m.train(was_training)
+    return torch.cat(out)
+
+
+def _default_labels(cfg: Config, n: int, label=None) -> torch.Tensor | None:
+    if not cfg.conditional:
+        if label is not None:
+            raise ConfigError("this run is unconditional (trained with conditional=false); "
+                             "--label needs a conditional model")
+        return None
+    if label is not None:
+        return torch.full((n,), parse_label(cfg, label), dtype=torch.long)
+    return torch.arange(n) % len(cfg.classes)  # every class in turn: one class per grid column
+
+
+def sample(model, cfg: Config, n: int = 64, label=None, guidance: float | None = None,
+           steps: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Generate n images (n, C, H, W) in [0, 1]; `label` is a class name or index."""
+    if _family(model) != "diffusion" and (guidance is not None or steps is not None):
+        raise ConfigError("--guidance and --steps apply to diffusion models only")
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    return generate_images(model, cfg, _default_labels(cfg, n, label), n, steps, guidance, seed)
+
+
+def cli_generate(model, cfg: Config, run_dir, n: int = 64, label=None, guidance: float | None = None,
+                 steps: int | None = None, out=None, seed: int = 0, **unused) -> Path:
+    """`genforge generate RUN --n 64 [--label sneaker] [--guidance 3] [--steps 50] --out grid.png`"""
+    if unused:
+        raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in unused)} do not "
+                         "apply to image generation; use --n, --label, --guidance, --steps, --seed, --out")
+    t0 = time.perf_counter()
+    images = sample(model, cfg, n=n, label=label, guidance=guidance, steps=steps, seed=seed)
+    dt = time.perf_counter() - t0
+    out = Path(out) if out else Path(run_dir) / "samples" / "generated.png"
+    nrow = len(cfg.classes) if cfg.conditional and label is None and n >= len(cfg.classes) else 0
+    save_grid(out, images, nrow=nrow)
+    print(f"wrote {n} {cfg.model} samples to {out} ({dt:.1f}s)")
+    return out
+
+
+def log_samples(model, cfg: Config, run_dir, step: int) -> str | None:
+    """Grids into run_dir/samples/: samples (one class per column when conditional); for the
+    VAE also reconstructions of validation images (top rows originals, bottom rows
+    reconstructions) and a latent interpolation strip."""
+    if run_dir is None or cfg.sample_grid < 1:
+        return None
+    d = Path(run_dir) / "samples"
+    n = cfg.sample_grid
+    imgs = generate_images(model, cfg, _default_labels(cfg, n), n, seed=cfg.seed)
+    nrow = len(cfg.classes) if cfg.conditional and n >= len(cfg.classes) else 0
+    paths = [save_grid(d / f"step{step:06d}.png", imgs, nrow=nrow)]
+    if _family(model) == "vae":
+        m = getattr(model, "_orig_mod", model)
+        x, y = next(iter(batches(cfg, "val")))
+        k = min(8, len(x))
+        x, y = x[:k].to(next(m.parameters()).device), y[:k].to(next(m.parameters()).device)
+        yy = _labels(cfg, y)
+        rec = m.reconstruct(x, yy)
+        paths.append(save_grid(d / f"recon{step:06d}.png", torch.cat([x, rec]).cpu(), nrow=k))
+        if k >= 2:
+            strip = m.interpolate(x[0], x[1], 10, None if yy is None else yy[0])
+            paths.append(save_grid(d / f"interp{step:06d}.png", strip.cpu(), nrow=10))
+    return "samples: " + ", ".join(str(p) for p in paths)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_classifier(path: str):
+    from genforge.evaluate.fid import FeatureClassifier
+
+    return FeatureClassifier.from_run(path)
+
+
+def quality_metrics(model, cfg: Config, split: str = "test", n: int = 1000, seed: int = 0,
+                    classifier: str = "", steps: int | None = None, guidance: float | None = None) -> dict:
+    """FID and IS analogue (genforge-classifier features) of n samples against n real images
+    of `split`, and class-consistency for conditional models. Labels of the samples are
+    balanced over the classes, as the data are."""
+    from genforge.evaluate.fid import class_consistency, fid_from_features, inception_score
+
+    clf = _feature_classifier(str(classifier or cfg.classifier))
+    sp, _ = splits(cfg)
+    x, _ = sp[split]
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    real = x[torch.randperm(len(x), generator=g)[:n]].float() / 255.0
+    labels = torch.arange(n) % len(cfg.classes) if cfg.conditional else None
+    fake = generate_images(model, cfg, labels, n, steps, guidance, seed)
+    f_real, _ = clf.features_and_probs(real)
+    f_fake, p_fake = clf.features_and_probs(fake)
+    res = {"fid": fid_from_features(f_real, f_fake), "is": inception_score(p_fake)}
+    if labels is not None:
+        res["class_consistency"] = class_consistency(p_fake, labels)
+    return res
+
+
+@torch.no_grad()
+def evaluate(model, cfg: Config, split: str = "val") -> dict:
+    """Cheap family loss on `split` (VAE: negative ELBO in nats per image; diffusion: the
+    eps-MSE at random t; GAN: the generator's non-saturating loss against the current D, and
+    D's mean output on real images), plus FID / IS analogue / class-consistency when
+    `classifier` is set. Random draws are seeded, so evaluations are comparable."""
+    fam = _family(model)
+    m = getattr(model, "_orig_mod", model)
+    device = next(m.parameters()).device
+    res: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):  # leave the training RNG stream untouched
+        torch.manual_seed(cfg.seed + 12345)
+        tot, n = {}, 0
+        for x, y in batches(cfg, split):
+            x, y = x.to(device), y.to(device)
+            yy = _labels(cfg, y)
+            b = len(x)
+            if fam == "vae":
+                nelbo = m.negative_elbo(x, yy)
+                parts = m(x, yy)
+                vals = {"loss": nelbo.sum(), "recon": parts["recon"] * b, "kl": parts["kl"] * b}
+            elif fam == "diffusion":
+                vals = {"loss": m(x, yy)["loss"] * b}
+            else:
+                fake = m.generator(m.noise(b), yy)
+                d = m.d_loss(x * 2 - 1, fake, yy)
+                vals = {"loss": m.g_loss(fake, yy)["loss"] * b, "d_real": d["d_real"] * b,
+                        "d_fake": d["d_fake"] * b}
+            for k, v in vals.items():
+                tot[k] = tot.get(k, 0.0) + float(v)
+            n += b
+        res = {k: v / max(n, 1) for k, v in tot.items()}
+        if fam == "vae":
+            res["neg_elbo"] = res["loss"]  # nats per image
+            res["bits_per_dim"] = res["loss"] / (math.log(2) * cfg.channels * cfg.height * cfg.width)
+    if cfg.classifier and cfg.eval_samples > 0:
+        res.update(quality_metrics(model, cfg, split, cfg.eval_samples, seed=cfg.seed))
+    return res
