@@ -163,13 +163,16 @@ class DQN(nn.Module):
         return torch.where(explore, random, greedy)
 
     @torch.no_grad()
-    def td_target(self, rewards: torch.Tensor, next_obs: torch.Tensor,
-                  terminated: torch.Tensor) -> torch.Tensor:
+    def td_target(self, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+                  next_q_online: torch.Tensor | None = None) -> torch.Tensor:
         """y = r + gamma * (1 - terminated) * Q_target(s', a*), with
-        a* = argmax_a Q_online(s', a) (Double DQN) or argmax_a Q_target(s', a) (DQN)."""
+        a* = argmax_a Q_online(s', a) (Double DQN) or argmax_a Q_target(s', a) (DQN).
+        `next_q_online` (B, A) may be passed when already computed."""
         next_q_target = self.target(next_obs)  # (B, A)
         if self.cfg.double:
-            best = self.q(next_obs).argmax(-1, keepdim=True)  # (B, 1) chosen by the online net
+            if next_q_online is None:
+                next_q_online = self.q(next_obs)
+            best = next_q_online.argmax(-1, keepdim=True)  # (B, 1) chosen by the online net
         else:
             best = next_q_target.argmax(-1, keepdim=True)
         next_v = next_q_target.gather(-1, best).squeeze(-1)  # (B,)
@@ -177,8 +180,14 @@ class DQN(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Huber TD loss on a batch of transitions (obs, actions, rewards, next_obs, terminated)."""
-        y = self.td_target(batch["rewards"], batch["next_obs"], batch["terminated"])
-        q = self.q(batch["obs"]).gather(-1, batch["actions"].long().unsqueeze(-1)).squeeze(-1)
+        obs, next_obs = batch["obs"], batch["next_obs"]
+        if self.cfg.double:  # one online forward for s and s' (small nets: per-call overhead rules)
+            q_all = self.q(torch.cat([obs, next_obs]))  # (2B, A)
+            q_obs, next_q_online = q_all[:obs.shape[0]], q_all[obs.shape[0]:].detach()
+        else:
+            q_obs, next_q_online = self.q(obs), None
+        y = self.td_target(batch["rewards"], next_obs, batch["terminated"], next_q_online)
+        q = q_obs.gather(-1, batch["actions"].long().unsqueeze(-1)).squeeze(-1)  # (B,)
         if self.cfg.huber_delta > 0:
             loss = F.huber_loss(q, y, delta=self.cfg.huber_delta)
         else:

@@ -333,7 +333,8 @@ def optimizers(model: nn.Module, cfg: Config) -> dict[str, torch.optim.Optimizer
         return {"main": torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)}
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     extra = {"weight_decay": cfg.weight_decay} if cfg.optimizer == "adamw" else {}
-    return {"main": cls(params, lr=cfg.lr, betas=tuple(cfg.betas), **extra)}
+    # fused: one kernel for all parameters; with tiny nets the per-tensor loop dominates
+    return {"main": cls(params, lr=cfg.lr, betas=tuple(cfg.betas), fused=True, **extra)}
 
 
 def _step(loss: torch.Tensor, params, opt: torch.optim.Optimizer, cfg: Config) -> None:
@@ -361,7 +362,7 @@ def update(model: nn.Module, batch: dict, opts: dict, step: int, cfg: Config) ->
         return {"loss": total / n, "q_mean": out["q_mean"], **stats}
     out = agent.loss(batch)
     _step(out["loss"], params, opt, cfg)
-    return {**out, **stats}
+    return {"loss": out["loss"].detach(), **{k: v for k, v in out.items() if k != "loss"}, **stats}
 
 
 def extra_state(model: nn.Module, cfg: Config) -> dict:
