@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genforge.config import TrainConfig
+from genforge.config import ConfigError, TrainConfig
 from genforge.data import text as T
 from genforge.data.tokenizers import load_tokenizer, train_tokenizer
 from genforge.generate.sampling import SamplingConfig, generate_text, stream_text
@@ -87,16 +87,16 @@ PRESETS = {
         "character-level 2-layer LSTM on Tiny Shakespeare"),
 }
 
-TEST_CONFIG = {"model": "gpt", "data": "tinyshakespeare", "max_steps": 2, "batch_size": 4,
-               "eval_batches": 2, "warmup_steps": 0, "model.block_size": 16,
-               "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16,
-               "sample_tokens": 20}
+_TEST_COMMON = {"data": "tinyshakespeare", "max_steps": 2, "batch_size": 4, "eval_batches": 2,
+                "warmup_steps": 0, "model.block_size": 16, "model.n_layer": 1,
+                "sample_tokens": 20}
+TEST_CONFIG = {**_TEST_COMMON, "model": "gpt", "model.n_head": 2, "model.n_embd": 16}
+TEST_SAMPLE = {"prompt": "ROMEO:", "max_new_tokens": 20}
 TEST_CONFIGS = {
-    "gpt-char": TEST_CONFIG,
-    "gru-bpe": {**TEST_CONFIG, "model": "gru", "tokenizer": "bpe", "bpe_vocab": 300,
-                "model.embed_size": 16, "model.hidden_size": 16, "model.n_layer": 1},
-    "lstm-char": {**TEST_CONFIG, "model": "lstm", "model.embed_size": 16,
-                  "model.hidden_size": 16, "model.n_layer": 1, "model.tie_weights": True},
+    "gru-bpe": {**_TEST_COMMON, "model": "gru", "tokenizer": "bpe", "bpe_vocab": 300,
+                "model.embed_size": 16, "model.hidden_size": 16},
+    "lstm-char-tied": {**_TEST_COMMON, "model": "lstm", "model.embed_size": 16,
+                       "model.hidden_size": 24, "model.tie_weights": True},
 }
 
 
@@ -255,25 +255,43 @@ _CLI_NAMES = {"max_tokens": "max_new_tokens"}
 
 
 def cli_generate(model, cfg: Config, run_dir, prompt: str = "", stream: bool = False,
-                 out=None, **opts) -> str:
-    """`genforge generate RUN --prompt ... [--stream] [--max-tokens N --temperature T
-    --top-k K --top-p P --repetition-penalty R --stop S --seed S]`: prints the prompt and its
-    continuation (token by token with --stream) and returns the continuation."""
-    out = out or sys.stdout
-    sc = _sampling(cfg, **{_CLI_NAMES.get(k, k): v for k, v in opts.items()})
+                 n: int = 1, out: Path | None = None, **opts) -> list[str]:
+    """`genforge generate RUN --prompt ... [--stream] [--n N] [--out FILE] [--max-tokens N
+    --temperature T --top-k K --top-p P --repetition-penalty R --stop S --seed S]`: prints
+    the prompt and its continuation (piece by piece with --stream), n times; --out also
+    writes the samples to a text file. Returns the continuations."""
+    try:
+        sc = _sampling(cfg, **{_CLI_NAMES.get(k, k): v for k, v in opts.items()})
+    except ValueError as e:
+        raise ConfigError(f"generate: {e} (text models take --prompt, --stream, --n, --out, "
+                          "--max-tokens, --temperature, --top-k, --top-p, "
+                          "--repetition-penalty, --stop, --seed)") from None
     tok = tokenizer(cfg, run_dir)
-    out.write(prompt)
-    out.flush()
-    if stream:
-        pieces = []
-        for piece in stream_text(model, tok, prompt, sc):
-            out.write(piece)
-            out.flush()
-            pieces.append(piece)
-        text = "".join(pieces)
-    else:
-        text = generate_text(model, tok, prompt, sc)
-        out.write(text)
-    out.write("\n")
-    out.flush()
-    return text
+    try:
+        tok.encode(prompt)
+    except ValueError as e:
+        raise ConfigError(f"generate: {e}") from None
+    texts = []
+    for i in range(n):
+        if i:
+            sys.stdout.write("\n" + "-" * 40 + "\n")
+            if sc.seed is not None:  # distinct but reproducible samples
+                sc.seed += 1
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        if stream:
+            pieces = []
+            for piece in stream_text(model, tok, prompt, sc):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                pieces.append(piece)
+            text = "".join(pieces)
+        else:
+            text = generate_text(model, tok, prompt, sc)
+            sys.stdout.write(text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        texts.append(text)
+    if out is not None:
+        Path(out).write_text("\n\n".join(prompt + t for t in texts) + "\n", encoding="utf-8")
+    return texts

@@ -1,0 +1,262 @@
+"""Language-model benchmarks on this machine's CPU (issue 3). Prints one table per part.
+
+  std    the standard small CPU config (4 layers, 4 heads, 128 wide, context 64, batch 12,
+         2000 iterations, lr 1e-3 warmup + cosine to 1e-4, dropout 0) on Tiny Shakespeare,
+         char-level, trained with the real trainer: ms/iter, tokens/s, final val loss.
+         Target val loss <= 1.88 (nanoGPT's figure for the same config).
+  kv     generation tokens/s at a 256-token context with the KV cache vs re-running the
+         full context for every token. Target >= 5x.
+  gpt15  the `gpt-shakespeare` preset trained for --minutes: val loss. Target <= 1.60.
+  rnn15  the `gru-shakespeare` and `lstm-shakespeare` presets, same budget.
+
+  GENFORGE_DATA=/work/shared/data python bench/bench_lm.py std kv
+  GENFORGE_DATA=/work/shared/data python bench/bench_lm.py gpt15 rnn15 --minutes 15
+
+Run it under the shared lock (`flock /tmp/genforge-bench.lock ...`): the CPU is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from genforge import config as C  # noqa: E402
+from genforge.generate.sampling import SamplingConfig, sample_tokens  # noqa: E402
+from genforge.recipes import get_recipe, resolve  # noqa: E402
+from genforge.train.optim import make_optimizer  # noqa: E402
+from genforge.train.trainer import fit  # noqa: E402
+
+RECIPE = "language-model"
+STANDARD = {
+    "model": "gpt", "data": "tinyshakespeare", "tokenizer": "char",
+    "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64,
+    "model.dropout": 0.0, "batch_size": 12, "max_steps": 2000, "lr": 1e-3, "min_lr": 1e-4,
+    "warmup_steps": 100, "schedule": "cosine",
+}
+
+
+def hardware() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op thread(s)")
+
+
+def load() -> str:
+    return "load avg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    print(f"\n### {title}\n")
+    print("| measure | value | target |")
+    print("|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    sys.stdout.flush()
+
+
+def make_cfg(overrides: dict):
+    return C.make_config(get_recipe(RECIPE), overrides)
+
+
+def step_time(cfg, steps: int = 15, warmup: int = 5) -> float:
+    """Seconds per optimizer step of `cfg` (the trainer's step: loss, backward, clip, AdamW)."""
+    recipe = get_recipe(RECIPE)
+    torch.manual_seed(0)
+    model = recipe.build(cfg)
+    opt = make_optimizer(model, cfg)
+    it = recipe.batches(cfg, "train")
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        recipe.loss(model, next(it))["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or 1e9)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def pick_threads(arg: str) -> str:
+    """On a shared 2-core machine a 2-thread pool can be far slower than one thread (its
+    workers wait for a busy core): measure both on the standard config and keep the faster."""
+    if arg != "auto":
+        torch.set_num_threads(int(arg))
+        return f"{arg} (fixed)"
+    cfg = make_cfg(STANDARD)
+    timing = {}
+    for n in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(n)
+        timing[n] = step_time(cfg)
+    best = min(timing, key=timing.get)
+    torch.set_num_threads(best)
+    return f"{best} (probe: " + ", ".join(f"{n} thr {t * 1e3:.0f} ms/iter" for n, t in timing.items()) + ")"
+
+
+def train_time_from_metrics(run: Path, cfg) -> tuple[float, int]:
+    """Pure training seconds (evaluations excluded) and steps, from the trainer's logs."""
+    seconds, steps, last = 0.0, 0, 0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "examples_per_s" in rec:
+            n = rec["step"] - last
+            seconds += n * cfg.batch_size * cfg.grad_accum / rec["examples_per_s"]
+            steps += n
+            last = rec["step"]
+    return seconds, steps
+
+
+def train_and_eval(overrides: dict, out: Path, label: str) -> dict:
+    recipe = get_recipe(RECIPE)
+    cfg = make_cfg(overrides)
+    cfg.plots = False
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    fit(RECIPE, cfg, out, log=lambda s: print(f"[{label}] {s}", flush=True))
+    wall = time.perf_counter() - t0
+    from genforge.train.checkpoint import load_run
+
+    _, cfg_l, model = load_run(out, "last")
+    cfg_l.eval_batches = 0  # the whole held-out tail
+    t1 = time.perf_counter()
+    ev = recipe.evaluate(model, cfg_l, "val")
+    eval_s = time.perf_counter() - t1
+    train_s, steps = train_time_from_metrics(out, cfg)
+    prompt = cfg_l.sample_prompt if cfg_l.sample_prompt.strip() else "ROMEO:"
+    sample = recipe.sample(model, cfg_l, prompt, out, max_new_tokens=300, temperature=0.8, seed=0)
+    return {"cfg": cfg_l, "wall": wall, "train_s": train_s, "steps": steps, "eval": ev,
+            "eval_s": eval_s, "sample": prompt + sample,
+            "tokens": steps * cfg.batch_size * cfg.model_cfg.block_size}
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def bench_std(out_root: Path) -> None:
+    print(f"\n[std] start, {load()}", flush=True)
+    r = train_and_eval({**STANDARD, "eval_every": 500, "eval_batches": 0, "log_every": 100,
+                        "sample_tokens": 100}, out_root / "std", "std")
+    ms = r["train_s"] / r["steps"] * 1e3
+    vl = r["eval"]["loss"]
+    table("Standard small CPU config (GPT 4L/4H/128d, ctx 64, batch 12, 2000 iters, char-level)", [
+        ("ms / iteration (training only)", f"{ms:.1f}", "as fast as profiled"),
+        ("tokens / s (training)", f"{r['tokens'] / r['train_s']:,.0f}", ""),
+        ("wall time incl. 4 full evaluations", f"{r['wall']:.0f} s", ""),
+        ("final val loss (whole held-out tail, 111k chars)", f"{vl:.4f}", "<= 1.88 " + ("MET" if vl <= 1.88 else "MISSED")),
+        ("val bits per char", f"{r['eval']['bits_per_char']:.3f}", ""),
+        ("val perplexity", f"{r['eval']['perplexity']:.2f}", ""),
+    ])
+    print(f"\n{load()} at the end\n\nsample (temperature 0.8):\n```\n{r['sample']}\n```", flush=True)
+
+
+def bench_kv(preset: str = "gpt-shakespeare", prompt_len: int = 128, new: int = 128,
+             repeats: int = 3) -> None:
+    """Same model, same seed: tokens/s generating `new` tokens after a `prompt_len` prompt
+    (the context grows to prompt_len + new = 256) with and without the KV cache."""
+    print(f"\n[kv] start, {load()}", flush=True)
+    _, recipe, ov = resolve(preset)
+    cfg = C.make_config(recipe, {**ov, "model.block_size": prompt_len + new})
+    torch.manual_seed(0)
+    model = recipe.build(cfg).eval()
+    prompt = torch.randint(0, cfg.model_cfg.vocab_size, (1, prompt_len))
+    sc = SamplingConfig(max_new_tokens=new, temperature=1.0, seed=0)
+    res, toks = {}, {}
+    for use_cache in (True, False):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            toks[use_cache] = torch.stack(list(sample_tokens(model, prompt, sc, use_cache=use_cache)))
+            times.append(time.perf_counter() - t)
+        res[use_cache] = new / min(times)
+    same = torch.equal(toks[True], toks[False])
+    mc = cfg.model_cfg
+    speedup = res[True] / res[False]
+    table(f"Generation speed, {preset} architecture ({mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d), "
+          f"batch 1, prompt {prompt_len} + {new} new tokens = {prompt_len + new}-token context", [
+        ("tokens/s with KV cache", f"{res[True]:,.0f}", ""),
+        ("tokens/s re-running the full context", f"{res[False]:,.0f}", ""),
+        ("speed-up", f"{speedup:.1f}x", ">= 5x " + ("MET" if speedup >= 5 else "MISSED")),
+        ("same tokens with and without cache (same seed)", str(same), "True"),
+    ])
+
+
+def budget_run(preset: str, minutes: float, out_root: Path) -> dict:
+    """Train `preset` for about `minutes`: the step count comes from a timing probe, so the
+    cosine schedule ends when the budget does."""
+    _, recipe, ov = resolve(preset)
+    cfg = C.make_config(recipe, ov)
+    per_step = step_time(cfg, steps=10, warmup=3)
+    eval_share = 0.08  # time kept for the evaluations and samples along the way
+    steps = max(100, int(minutes * 60 * (1 - eval_share) / per_step))
+    print(f"[{preset}] probe {per_step * 1e3:.0f} ms/iter -> {steps} steps for {minutes} min, {load()}",
+          flush=True)
+    r = train_and_eval({**ov, "max_steps": steps, "eval_every": max(1, steps // 5)},
+                       out_root / preset, preset)
+    r["preset"], r["probe_ms"] = preset, per_step * 1e3
+    return r
+
+
+def bench_budget(presets: list[str], minutes: float, out_root: Path, target: float | None) -> None:
+    for preset in presets:
+        r = budget_run(preset, minutes, out_root)
+        mc, vl = r["cfg"].model_cfg, r["eval"]["loss"]
+        arch = (f"{mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d" if hasattr(mc, "n_head")
+                else f"{mc.cell} {mc.n_layer}x{mc.hidden_size}")
+        table(f"`{preset}` ({arch}, ctx {mc.block_size}) for {minutes:g} minutes", [
+            ("steps (batch {})".format(r["cfg"].batch_size), str(r["steps"]), ""),
+            ("wall time (training + evaluations)", f"{r['wall'] / 60:.1f} min", f"{minutes:g} min"),
+            ("ms / iteration (training only)", f"{r['train_s'] / r['steps'] * 1e3:.0f}", ""),
+            ("tokens seen", f"{r['tokens']:,}", ""),
+            ("final val loss (whole held-out tail)", f"{vl:.4f}",
+             "" if target is None else f"<= {target} " + ("MET" if vl <= target else "MISSED")),
+            ("val bits per char", f"{r['eval']['bits_per_char']:.3f}", ""),
+        ])
+        print(f"\nsample (temperature 0.8):\n```\n{r['sample']}\n```\n{load()}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", default=["std", "kv"], help="std kv gpt15 rnn15")
+    ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--threads", default="auto", help="intra-op threads: auto (probe 1 vs all) or N")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "lm")
+    args = ap.parse_args()
+    os.environ.setdefault("GENFORGE_OFFLINE", "1")
+    threads = pick_threads(args.threads)
+    print(f"# bench_lm {' '.join(args.parts)} — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"hardware: {hardware()}; threads {threads}; {load()}")
+    print("note: the 2 cores are shared with other sessions' tests; load average printed per part")
+    for part in args.parts:
+        if part == "std":
+            bench_std(args.out)
+        elif part == "kv":
+            bench_kv()
+        elif part == "gpt15":
+            bench_budget(["gpt-shakespeare"], args.minutes, args.out, 1.60)
+        elif part == "rnn15":
+            bench_budget(["gru-shakespeare", "lstm-shakespeare"], args.minutes, args.out, None)
+        else:
+            ap.error(f"unknown part {part!r}; choose from std kv gpt15 rnn15")
+
+
+if __name__ == "__main__":
+    main()
