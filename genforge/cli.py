@@ -122,9 +122,26 @@ def eval_cmd(
     run: Path = typer.Argument(..., help="run directory"),
     split: str = typer.Option("test", help="split to evaluate: test or val"),
     checkpoint: str = typer.Option("best", help="best or last"),
+    episodes: Optional[int] = typer.Option(None, "--episodes", help="RL runs: deterministic evaluation episodes"),
 ) -> None:
     """Evaluate a trained run; prints metrics and writes eval.json (and plots)."""
-    _evaluate_run(run, split, checkpoint)
+    _evaluate_run(run, split, checkpoint, {"episodes": episodes} if episodes is not None else None)
+
+
+@app.command()
+def play(
+    run: Path = typer.Argument(..., help="run directory of an RL agent"),
+    episodes: int = typer.Option(5, "--episodes", help="episodes to play"),
+    gif: Optional[Path] = typer.Option(None, "--gif", help="also render the first episode to this GIF (needs pygame)"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Run a trained RL agent and print the return of each episode."""
+    from genforge.train.checkpoint import load_run
+
+    recipe, cfg, model = load_run(run, checkpoint)
+    if not hasattr(recipe, "cli_play"):
+        raise typer.BadParameter(f"{run} ({cfg.model}) is not a reinforcement-learning agent")
+    recipe.cli_play(model, cfg, run, episodes=episodes, gif=str(gif) if gif else None)
 
 
 @app.command()
