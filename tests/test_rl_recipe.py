@@ -38,12 +38,10 @@ def test_a2c_training_beats_random_policy_on_cartpole():
 
 
 def test_dqn_training_beats_random_policy_on_cartpole():
-    cfg = make_config(rl, {"model": "dqn", "data": "CartPole-v1", "seed": 0, "eval_episodes": 20,
-                           "learning_starts": 500, "gradient_steps": 8, "batch_size": 64,
-                           "model.eps_steps": 3000})
+    cfg = make_config(rl, {**rl.PRESETS["dqn-cartpole"][0], "seed": 0, "eval_episodes": 20})
     random = rl.random_baseline(cfg, episodes=20)["return_mean"]
     torch.manual_seed(0)
-    model = _train(cfg, 150)  # 500 + 150 * 32 = 5.3k env steps, 1200 gradient steps
+    model = _train(cfg, 20)  # 1000 + 20 * 256 = 6.1k env steps, 2560 gradient steps
     trained = rl.evaluate(model, cfg)["return_mean"]
     assert trained > 3 * random, (trained, random)
 

@@ -117,7 +117,7 @@ class DQNConfig:
     gamma: float = 0.99  # discount
     double: bool = True  # Double-DQN target: online net picks a', target net rates it
     huber_delta: float = 1.0  # Huber (smooth L1) threshold; 0 = plain squared error
-    target_update_every: int = 250  # gradient steps between target syncs
+    target_update_every: int = 128  # gradient steps between target syncs
     tau: float = 1.0  # 1.0 = hard copy at each sync; < 1 = Polyak average at each sync
     eps_start: float = 1.0  # epsilon-greedy exploration, linear in env steps
     eps_end: float = 0.04
