@@ -152,7 +152,8 @@ def main() -> None:
         steps = statistics.median([r["solved_at"] or float("inf") for r in rs])
         wall = statistics.median([r["train_s"] for r in rs])
         met = "met" if steps <= target else "MISSED"
-        print(f"{name:<30} median env steps {steps:>9} (target <= {target}: {met}), "
+        steps = "not reached" if steps == float("inf") else steps
+        print(f"{name:<30} median env steps {steps:>11} (target <= {target}: {met}), "
               f"median wall {wall:.1f}s, solved {sum(r['solved_at'] is not None for r in rs)}/{len(rs)}")
 
 

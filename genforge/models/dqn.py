@@ -158,8 +158,9 @@ class DQN(nn.Module):
         if epsilon <= 0:
             return greedy
         n = obs.shape[0]
-        explore = torch.rand(n, generator=generator) < epsilon
-        random = torch.randint(0, self.cfg.n_actions, (n,), generator=generator)
+        # drawn on the CPU (where `generator` lives), then moved next to the Q-values
+        explore = (torch.rand(n, generator=generator) < epsilon).to(greedy.device)
+        random = torch.randint(0, self.cfg.n_actions, (n,), generator=generator).to(greedy.device)
         return torch.where(explore, random, greedy)
 
     @torch.no_grad()
