@@ -78,3 +78,38 @@ class Vocab:
             raise ValueError(f"{path} is not a genforge word vocabulary (expected "
                              f"type 'word' and itos starting with {PAD}, {UNK})")
         return cls(d["itos"][2:])
+
+
+class BPEVocab:
+    """Byte-level BPE (genforge.data.tokenizers) behind the same interface as `Vocab`: ids are
+    shifted by one so that id 0 is `<pad>`, which BPE itself does not have."""
+
+    pad_id = 0
+
+    def __init__(self, bpe):
+        self.bpe = bpe
+
+    @classmethod
+    def build(cls, texts: Iterable[str], vocab_size: int = 4000) -> "BPEVocab":
+        from genforge.data.tokenizers import BPETokenizer
+
+        return cls(BPETokenizer.train(list(texts), vocab_size))
+
+    def __len__(self) -> int:
+        return self.bpe.vocab_size + 1
+
+    def encode(self, text: str, max_len: int = 0) -> list[int]:
+        ids = [i + 1 for i in self.bpe.encode(text.lower())] or [1]
+        return ids[:max_len] if max_len else ids
+
+    def tokens(self, text: str, max_len: int = 0) -> list[str]:
+        return [self.bpe.decode([i - 1]) for i in self.encode(text, max_len)]
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.bpe.save(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPEVocab":
+        from genforge.data.tokenizers import load_tokenizer
+
+        return cls(load_tokenizer(path))

@@ -14,6 +14,8 @@ RECIPES: dict[str, str] = {
     "image-generate": "genforge.recipes.image_generate",
     "reinforce": "genforge.recipes.reinforce",
     "language-model": "genforge.recipes.language_model",
+    "text-classify": "genforge.recipes.text_classify",
+    "sequence-classify": "genforge.recipes.sequence_classify",
 }
 
 

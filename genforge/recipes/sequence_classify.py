@@ -1,0 +1,173 @@
+"""Recipe: images classified as sequences of pixel rows by an RNN / LSTM / GRU.
+
+Fashion-MNIST uses its 60k/10k train/test splits (validation carved from train). MNIST offline
+copies often hold only the 10k test split: then that split is carved with a fixed seed into
+train 8,000 (val_fraction of it for validation) / test 2,000, and the run says so.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from genforge.config import TrainConfig
+from genforge.data import registry
+from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.idx import read_idx
+from genforge.data.images import load_image
+from genforge.evaluate.metrics import classification_metrics
+from genforge.models.seq_image import RowSequenceClassifier, SeqImageConfig
+
+MODELS = {"rnn": (SeqImageConfig, RowSequenceClassifier)}  # the cell is `model.cell`
+
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle-boot"]
+SPLIT_SEED = 1234  # fixed carving of validation (and MNIST's test-only fallback)
+
+
+@dataclass
+class Config(TrainConfig):
+    model: str = "rnn"
+    data: str = "fashion-mnist"  # fashion-mnist | mnist
+    data_dir: str = ""
+    val_fraction: float = 0.1
+    train_limit: int = 0  # use only the first N training images (0 = all)
+    batch_size: int = 128
+    epochs: float = 8.0
+    lr: float = 2e-3
+    grad_clip: float = 1.0  # recurrent nets: clip exploding gradients (Pascanu et al. 2013)
+    metric: str = "val_accuracy"
+    metric_mode: str = "max"
+    # filled from the data by `build`
+    classes: list[str] = field(default_factory=list)
+    height: int = 0
+    width: int = 0
+    mean: float = 0.0
+    std: float = 1.0
+    test_only_source: bool = False  # the data had no training split (MNIST offline copy)
+
+
+PRESETS = {
+    "gru-fashion-rows": ({"model.cell": "gru", "model.hidden": 128, "epochs": 8},
+                         "GRU(128) reading Fashion-MNIST row by row (28 steps of 28 pixels)"),
+    "lstm-fashion-rows": ({"model.cell": "lstm", "model.hidden": 128, "epochs": 8},
+                          "LSTM(128) reading Fashion-MNIST row by row"),
+    "gru-mnist-rows": ({"model.cell": "gru", "model.hidden": 128, "data": "mnist", "epochs": 20},
+                       "GRU(128) row by row on MNIST (the test split carved when no train split)"),
+}
+
+_TEST = {"max_steps": 2, "batch_size": 16, "train_limit": 256, "eval_batches": 2,
+         "model.hidden": 8}
+TEST_CONFIGS = {
+    "gru-fashion": {**_TEST, "model.cell": "gru"},
+    "lstm-mnist-test-split": {**_TEST, "model.cell": "lstm", "data": "mnist",
+                              "model.bidirectional": True},
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _load(data: str, data_dir: str) -> tuple[dict, list[str], bool]:
+    """-> ({split: (uint8 (N, H, W), labels)}, class names, test_only_source)."""
+    if data not in ("fashion-mnist", "mnist"):
+        raise registry.DataError(f"data={data!r}: sequence-classify reads fashion-mnist or mnist")
+    ds = registry.get(data)
+
+    def read(split):
+        img_f, lab_f = ds.splits[split]
+        x = read_idx(registry.find(data, img_f, data_dir or None, download_ok=split == "train"))
+        y = read_idx(registry.find(data, lab_f, data_dir or None, download_ok=split == "train"))
+        return x, y.long()
+
+    classes = FASHION_CLASSES if data == "fashion-mnist" else [str(i) for i in range(10)]
+    test = read("test")
+    try:
+        return {"train": read("train"), "test": test}, classes, False
+    except registry.DataError:
+        if data != "mnist":
+            raise
+    x, y = test
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    tr, te = perm[:8000], perm[8000:]
+    return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}, classes, True
+
+
+def _splits(cfg: Config) -> dict:
+    raw, _, _ = _load(cfg.data, cfg.data_dir)
+    x, y = raw["train"]
+    if cfg.train_limit:
+        x, y = x[: cfg.train_limit], y[: cfg.train_limit]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED + 1))
+    k = int(round(len(x) * cfg.val_fraction))
+    return {"train": (x[perm[k:]], y[perm[k:]]), "val": (x[perm[:k]], y[perm[:k]]),
+            "test": raw["test"]}
+
+
+def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    return (x.float() / 255.0 - cfg.mean) / cfg.std
+
+
+def build(cfg: Config, run_dir=None) -> torch.nn.Module:
+    if not cfg.classes:
+        _, classes, test_only = _load(cfg.data, cfg.data_dir)
+        x = _splits(cfg)["train"][0].float() / 255.0
+        cfg.classes, cfg.test_only_source = list(classes), test_only
+        cfg.height, cfg.width = x.shape[1], x.shape[2]
+        cfg.mean, cfg.std = round(x.mean().item(), 6), round(x.std().item(), 6)
+        if test_only:
+            print(f"{cfg.data}: no training split found; training on 8,000 (minus validation) / "
+                  "testing on 2,000 images carved from its test split")
+    mc = cfg.model_cfg
+    mc.in_channels, mc.width, mc.n_classes = 1, cfg.width, len(cfg.classes)
+    return RowSequenceClassifier(mc)
+
+
+def batches(cfg: Config, split: str, start_step: int = 0, model=None):
+    splits = _splits(cfg)
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    x, y = splits[split]
+    if split != "train":
+        return sequential_batches((_normalize(x, cfg), y), cfg.batch_size, cfg.eval_batches)
+    return ShuffledBatches((x, y), cfg.batch_size, cfg.seed, start_step,
+                           transform=lambda b, gen: (_normalize(b[0], cfg), b[1]))
+
+
+def loss(model, batch) -> dict:
+    x, y = batch
+    logits = model(x)
+    return {"loss": F.cross_entropy(logits, y), "accuracy": (logits.argmax(-1) == y).float().mean()}
+
+
+@torch.no_grad()
+def evaluate(model, cfg: Config, split: str = "val") -> dict:
+    device = next(model.parameters()).device
+    preds, targets, total, n = [], [], 0.0, 0
+    for x, y in batches(cfg, split):
+        logits = model(x.to(device)).float().cpu()
+        total += F.cross_entropy(logits, y, reduction="sum").item()
+        n += len(y)
+        preds.append(logits.argmax(-1))
+        targets.append(y)
+    report = classification_metrics(torch.cat(preds), torch.cat(targets), len(cfg.classes))
+    return {"loss": total / max(n, 1), **report}
+
+
+def load_inputs(cfg: Config, paths: list[str]) -> torch.Tensor:
+    """Image files -> normalised (N, H, W) model inputs (grey, resized to the training size)."""
+    x = torch.stack([load_image(p, 1, (cfg.height, cfg.width))[0] for p in paths])
+    return _normalize(x, cfg)
+
+
+@torch.no_grad()
+def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:
+    """Image files -> [{input, label, probability, top: [(label, p), ...]}]."""
+    device = next(model.parameters()).device
+    probs = model(load_inputs(cfg, inputs).to(device)).float().softmax(-1).cpu()
+    out = []
+    for path, p in zip(inputs, probs):
+        vals, idx = p.topk(min(top, len(cfg.classes)))
+        out.append({"input": str(path), "label": cfg.classes[idx[0]], "probability": vals[0].item(),
+                    "top": [(cfg.classes[i], v.item()) for v, i in zip(vals, idx)]})
+    return out
