@@ -20,6 +20,7 @@ general, so on resume every environment starts a fresh episode (seeded from
 """
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,11 +515,22 @@ def log_samples(model: nn.Module, cfg: Config, run_dir, step: int) -> str | None
         return None
     if step < cfg.max_steps and (step // max(1, cfg.eval_every)) % 5:
         return None
-    plot_returns(col.curve, Path(run_dir) / "plots" / "returns.png", title=f"{cfg.model} on {cfg.data}")
+    evals = []  # the trainer has already appended this evaluation to metrics.jsonl
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if "val_return_mean" in rec and "val_env_steps" in rec:
+                evals.append((rec["val_env_steps"], rec["val_return_mean"], rec.get("val_return_std", 0.0)))
+    plot_returns(col.curve, Path(run_dir) / "plots" / "returns.png", title=f"{cfg.model} on {cfg.data}",
+                 evals=evals)
     return None
 
 
-def plot_returns(curve: list[tuple[int, float]], path: Path, title: str = "") -> None:
+def plot_returns(curve: list[tuple[int, float]], path: Path, title: str = "",
+                 evals: list[tuple[float, float, float]] = ()) -> None:
+    """Training episode returns (dots, running mean) and greedy evaluations (mean +- std)
+    against env steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,12 +541,16 @@ def plot_returns(curve: list[tuple[int, float]], path: Path, title: str = "") ->
     window = max(1, min(100, len(rets) // 10))
     smooth = np.convolve(rets, np.ones(window) / window, mode="valid")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, rets, ".", ms=2, alpha=0.3, label="episode return")
-    ax.plot(steps[window - 1:], smooth, label=f"mean of last {window}")
+    ax.plot(steps, rets, ".", ms=2, alpha=0.3, label="training episode return")
+    ax.plot(steps[window - 1:], smooth, label=f"training, mean of last {window}")
+    if evals:
+        e = np.array(evals, dtype=float)  # (n, 3): env steps, mean, std
+        ax.errorbar(e[:, 0], e[:, 1], yerr=e[:, 2], fmt="o-", ms=3, capsize=2,
+                    label="greedy evaluation (mean +- std)")
     ax.set_xlabel("env steps")
     ax.set_ylabel("return")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
