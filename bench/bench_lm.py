@@ -151,13 +151,18 @@ def train_and_eval(overrides: dict, out: Path, label: str) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def bench_std(out_root: Path) -> None:
-    print(f"\n[std] start, {load()}", flush=True)
-    r = train_and_eval({**STANDARD, "eval_every": 500, "eval_batches": 0, "log_every": 100,
-                        "sample_tokens": 100}, out_root / "std", "std")
+def bench_std(out_root: Path, seeds: list[int]) -> None:
+    for seed in seeds:
+        _bench_std(out_root, seed)
+
+
+def _bench_std(out_root: Path, seed: int) -> None:
+    print(f"\n[std] start, seed {seed}, {load()}", flush=True)
+    r = train_and_eval({**STANDARD, "seed": seed, "eval_every": 500, "eval_batches": 0,
+                        "log_every": 100, "sample_tokens": 100}, out_root / f"std-seed{seed}", "std")
     ms = r["train_s"] / r["steps"] * 1e3
     vl = r["eval"]["loss"]
-    table("Standard small CPU config (GPT 4L/4H/128d, ctx 64, batch 12, 2000 iters, char-level)", [
+    table(f"Standard small CPU config (GPT 4L/4H/128d, ctx 64, batch 12, 2000 iters, char-level), seed {seed}", [
         ("ms / iteration (training only)", f"{ms:.1f}", "as fast as profiled"),
         ("tokens / s (training)", f"{r['tokens'] / r['train_s']:,.0f}", ""),
         ("wall time incl. 4 full evaluations", f"{r['wall']:.0f} s", ""),
@@ -238,6 +243,7 @@ def main() -> None:
     ap.add_argument("parts", nargs="*", default=["std", "kv"], help="std kv gpt15 rnn15")
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--threads", default="auto", help="intra-op threads: auto (probe 1 vs all) or N")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds for `std`")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "lm")
     args = ap.parse_args()
     os.environ.setdefault("GENFORGE_OFFLINE", "1")
@@ -247,7 +253,7 @@ def main() -> None:
     print("note: the 2 cores are shared with other sessions' tests; load average printed per part")
     for part in args.parts:
         if part == "std":
-            bench_std(args.out)
+            bench_std(args.out, [int(x) for x in args.seeds.split(",")])
         elif part == "kv":
             bench_kv()
         elif part == "gpt15":

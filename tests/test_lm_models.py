@@ -8,16 +8,6 @@ from genforge.models.rnn import RNNLM, RNNConfig
 from genforge.models.transformer import GPT, GPTConfig, causal_attention, causal_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core CPU: intra-op threads only add contention (a 2-thread
-    pool waiting on a busy core made these tests ~50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_gpt(**kw) -> GPT:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=37, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0)

@@ -14,16 +14,6 @@ from genforge.models.rnn import RNNLM, RNNConfig
 from genforge.models.transformer import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core CPU: intra-op threads only add contention (a 2-thread
-    pool waiting on a busy core made these tests ~50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nAy me!\n"
 TOK = CharTokenizer.train(TEXT)
 
@@ -153,3 +143,14 @@ def test_bad_sampling_settings_fail_clearly():
                 dict(repetition_penalty=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             generate_text(m, TOK, "ROMEO:", **bad)
+
+
+def test_caller_runs_outside_inference_mode_between_tokens():
+    m = gpt()
+    m.train()
+    cfg = SamplingConfig(max_new_tokens=5, temperature=1.0, seed=0, repetition_penalty=1.3)
+    for tok in sample_tokens(m, torch.tensor([TOK.encode("ROMEO:")]), cfg):
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        assert not tok.is_inference()
+        assert not m.training  # sampling in eval mode (no dropout)...
+    assert m.training  # ...and the caller's mode restored afterwards

@@ -120,32 +120,36 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
     if cfg.seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(cfg.seed)
-    vocab = None
-    seen = None
+    seen = None  # (B, V) tokens already in the context, for the repetition penalty
+    state = None
+    ctx = prompt[:, :0]  # the context re-run without a cache, (B, <= context_size)
+
+    # inference mode around each model call, never across a `yield`: the caller's code runs
+    # between tokens and must not find itself in inference mode
+    def advance(new: torch.Tensor) -> torch.Tensor:
+        nonlocal state, ctx
+        with torch.inference_mode():
+            if use_cache:
+                logits, state = model.step(new, state)
+                return logits
+            ctx = torch.cat([ctx, new], dim=1)[:, -model.context_size:]
+            return _full_context_logits(model, ctx)
+
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            ctx = prompt
-            if use_cache:
-                logits, state = model.step(prompt, None)
-            else:
-                logits = _full_context_logits(model, ctx[:, -model.context_size:])
-            for _ in range(cfg.max_new_tokens):
-                if cfg.repetition_penalty != 1.0:
-                    if seen is None:
-                        vocab = logits.size(-1)
-                        seen = torch.zeros(prompt.size(0), vocab, dtype=torch.bool, device=device)
-                        seen.scatter_(1, prompt.clamp(max=vocab - 1), True)
+        logits = advance(prompt)
+        for _ in range(cfg.max_new_tokens):
+            if cfg.repetition_penalty != 1.0 and seen is None:
+                seen = torch.zeros_like(logits, dtype=torch.bool)
+                seen.scatter_(1, prompt.clamp(max=logits.size(-1) - 1), True)
+            with torch.inference_mode():
                 tok = next_token(logits, cfg, seen, generator)  # (B,)
-                yield tok
-                if seen is not None:
-                    seen.scatter_(1, tok.unsqueeze(1), True)
-                if use_cache:
-                    logits, state = model.step(tok.unsqueeze(1), state)
-                else:
-                    ctx = torch.cat([ctx, tok.unsqueeze(1)], dim=1)[:, -model.context_size:]
-                    logits = _full_context_logits(model, ctx)
+            tok = tok.clone()  # a normal tensor: the caller may use it outside inference mode
+            yield tok
+            if seen is not None:
+                seen.scatter_(1, tok.unsqueeze(1), True)
+            logits = advance(tok.unsqueeze(1))
     finally:
         model.train(was_training)
 

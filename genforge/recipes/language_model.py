@@ -176,7 +176,10 @@ def batches(cfg: Config, split: str, start_step: int = 0, model=None):
         return T.RandomWindows(data, cfg.batch_size, block, cfg.seed, start_step)
     if len(data) < 2:
         raise ValueError(f"the validation split has {len(data)} tokens; raise val_fraction")
-    return T.sequential_windows(data, cfg.batch_size, block, cfg.eval_batches)
+    # evaluation needs no gradients: take bigger batches, up to ~4M logits (16 MB) each
+    vocab = max(cfg.model_cfg.vocab_size, 1)
+    eval_bs = max(cfg.batch_size, min(1024, (1 << 22) // (block * vocab)))
+    return T.sequential_windows(data, eval_bs, block, cfg.eval_batches)
 
 
 def _logits(model, x):
