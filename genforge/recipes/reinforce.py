@@ -104,6 +104,11 @@ TEST_CONFIG = {"model": "dqn", "data": "CartPole-v1", "max_steps": 4, "n_envs": 
                "rollout_steps": 2, "gradient_steps": 2, "batch_size": 8, "learning_starts": 16,
                "eval_every": 2, "eval_episodes": 2, "max_episode_steps": 50, "log_every": 2,
                "model.hidden": (16,), "model.buffer_size": 256}
+_TINY_PG = {"data": "CartPole-v1", "max_steps": 4, "n_envs": 2, "rollout_steps": 4,
+            "eval_every": 2, "eval_episodes": 2, "max_episode_steps": 30, "log_every": 2,
+            "model.hidden": (16,)}
+TEST_CONFIGS = {"a2c": {**_TINY_PG, "model": "a2c", "model.gae_lambda": 0.95},
+                "reinforce": {**_TINY_PG, "model": "reinforce"}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -570,6 +575,6 @@ def cli_play(model: nn.Module, cfg: Config, run_dir, episodes: int = 5, gif: str
         print(f"wrote {gif}")
 
 
-__all__ = ["Config", "MODELS", "PRESETS", "TEST_CONFIG", "build", "batches", "optimizers",
+__all__ = ["Config", "MODELS", "PRESETS", "TEST_CONFIG", "TEST_CONFIGS", "build", "batches", "optimizers",
            "update", "evaluate", "play", "random_baseline", "extra_state", "load_extra_state",
            "log_samples"]
