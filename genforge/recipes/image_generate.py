@@ -1,5 +1,7 @@
-"""Recipe: image generation with a VAE, a DCGAN or a diffusion model (DDPM + DDIM), optionally
-class-conditional, on Fashion-MNIST, MNIST or a folder of images (one subfolder per class).
+"""Recipe: image generation with a VAE, a DCGAN or a diffusion model (DDPM + DDIM).
+
+Optionally class-conditional; data: Fashion-MNIST, MNIST or a folder of images (one subfolder
+per class).
 
 All three families share the data, the sample grids written during training
 (`run_dir/samples/`), `genforge generate RUN` and the quality metrics of
