@@ -163,6 +163,24 @@ def predict(
 
 
 @app.command()
+def explain(
+    run: Path = typer.Argument(..., help="run directory of an image or text classifier"),
+    inp: str = typer.Argument(..., metavar="INPUT", help="image file, or the text itself (or a .txt file)"),
+    method: str = typer.Option("ig", help="ig (integrated gradients) or saliency"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG (images) or HTML (text) to write"),
+    steps: int = typer.Option(64, help="integration steps of integrated gradients"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Show which pixels or words drove a classifier's prediction."""
+    from genforge.evaluate.explain import explain_run
+
+    try:
+        explain_run(run, inp, method, out, checkpoint, steps, echo=typer.echo)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command()
 def generate(
     run: Path = typer.Argument(..., help="run directory of a generative model"),
     prompt: Optional[str] = typer.Option(None, help="text prompt (text models)"),
