@@ -53,9 +53,10 @@ class Config(TrainConfig):
 
 
 PRESETS = {
-    "bag-rt-polarity": ({"model": "bag", "epochs": 10, "lr": 3e-3, "model.emb_dim": 128},
-                        "mean of word embeddings + linear (fastText-style baseline) on rt-polarity"),
-    "cnn-rt-polarity": ({"model": "cnn", "epochs": 6, "model.emb_dim": 128,
+    "bag-rt-polarity": ({"model": "bag", "epochs": 10, "lr": 3e-3, "model.emb_dim": 64,
+                         "model.bigram_buckets": 20000},
+                        "mean of word + hashed-bigram embeddings + linear (fastText) on rt-polarity"),
+    "cnn-rt-polarity": ({"model": "cnn", "epochs": 5, "model.emb_dim": 128,
                          "model.n_filters": 100, "weight_decay": 0.01},
                         "Kim 2014 sentence CNN (widths 3,4,5 x 100 maps, random init) on rt-polarity"),
     "lstm-rt-polarity": ({"model": "rnn", "model.cell": "lstm", "epochs": 6,
