@@ -412,8 +412,8 @@ def quality_metrics(model, cfg: Config, split: str = "test", n: int = 1000, seed
 @torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
     """Cheap family loss on `split` (VAE: negative ELBO in nats per image; diffusion: the
-    eps-MSE at random t; GAN: the generator's non-saturating loss against the current D, and
-    D's mean output on real images), plus FID / IS analogue / class-consistency when
+    eps-MSE at random t; GAN: a Jensen-Shannon estimate from D's held-out loss, a proxy that
+    only means something while D is near its optimum, plus D(x), D(G(z)) and both losses), plus FID / IS analogue / class-consistency when
     `classifier` is set. Random draws are seeded, so evaluations are comparable."""
     fam = _family(model)
     m = getattr(model, "_orig_mod", model)
@@ -435,7 +435,11 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
             else:
                 fake = m.generator(m.noise(b), yy)
                 d = m.d_loss(x * 2 - 1, fake, yy)
-                vals = {"loss": m.g_loss(fake, yy)["loss"] * b, "d_real": d["d_real"] * b,
+                # D's loss on held-out real images and fresh fakes is 2 log 2 - 2 JSD at the
+                # optimal D (Goodfellow et al. 2014, Theorem 1): log 2 - d_loss / 2 estimates the
+                # Jensen-Shannon divergence, lower = samples harder to tell from real data
+                vals = {"loss": (math.log(2) - d["loss"] / 2) * b, "d_loss": d["loss"] * b,
+                        "g_loss": m.g_loss(fake, yy)["loss"] * b, "d_real": d["d_real"] * b,
                         "d_fake": d["d_fake"] * b}
             for k, v in vals.items():
                 tot[k] = tot.get(k, 0.0) + float(v)
