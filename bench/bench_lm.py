@@ -7,7 +7,9 @@
   kv     generation tokens/s at a 256-token context with the KV cache vs re-running the
          full context for every token. Target >= 5x.
   gpt15  the `gpt-shakespeare` preset trained for --minutes: val loss. Target <= 1.60.
-  rnn15  the `gru-shakespeare` and `lstm-shakespeare` presets, same budget.
+  rnn15  the `gru-shakespeare` and `lstm-shakespeare` presets, same budget (gru15, lstm15: one).
+  profile  torch.profiler over 20 training steps of the standard config (where time goes),
+         and the step time of the alternatives (written-out attention, fused AdamW).
 
   GENFORGE_DATA=/work/shared/data python bench/bench_lm.py std kv
   GENFORGE_DATA=/work/shared/data python bench/bench_lm.py gpt15 rnn15 --minutes 15
@@ -195,13 +197,81 @@ def bench_kv(preset: str = "gpt-shakespeare", prompt_len: int = 128, new: int = 
     same = torch.equal(toks[True], toks[False])
     mc = cfg.model_cfg
     speedup = res[True] / res[False]
-    table(f"Generation speed, {preset} architecture ({mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d), "
+    gpt = cfg.model == "gpt"
+    arch = f"{mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d" if gpt else f"{mc.cell} {mc.n_layer}x{mc.hidden_size}"
+    table(f"Generation speed, {preset} architecture ({arch}), "
           f"batch 1, prompt {prompt_len} + {new} new tokens = {prompt_len + new}-token context", [
-        ("tokens/s with KV cache", f"{res[True]:,.0f}", ""),
+        ("tokens/s with KV cache" if gpt else "tokens/s carrying the hidden state", f"{res[True]:,.0f}", ""),
         ("tokens/s re-running the full context", f"{res[False]:,.0f}", ""),
-        ("speed-up", f"{speedup:.1f}x", ">= 5x " + ("MET" if speedup >= 5 else "MISSED")),
+        ("speed-up", f"{speedup:.1f}x", (">= 5x " + ("MET" if speedup >= 5 else "MISSED")) if gpt else ""),
         ("same tokens with and without cache (same seed)", str(same), "True"),
     ])
+
+
+def bench_profile(steps: int = 20) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from genforge.train.optim import param_groups
+
+    print(f"\n[profile] start, {load()}", flush=True)
+    recipe = get_recipe(RECIPE)
+    cfg = make_cfg(STANDARD)
+    torch.manual_seed(0)
+    model = recipe.build(cfg)
+    opt = make_optimizer(model, cfg)
+    it = recipe.batches(cfg, "train")
+
+    def step():
+        recipe.loss(model, next(it))["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"matmul (Linear fwd+bwd)": ("aten::mm", "aten::addmm", "aten::bmm"),
+              "attention (SDPA fwd+bwd)": ("scaled_dot_product",),
+              "GELU fwd+bwd": ("gelu",), "LayerNorm fwd+bwd": ("layer_norm",),
+              "optimizer (AdamW)": ("adamw", "Optimizer.step", "_foreach"),
+              "cross-entropy / softmax": ("log_softmax", "nll_loss", "cross_entropy")}
+    shares = {g: 0.0 for g in groups}
+    for e in events:
+        for g, keys in groups.items():
+            if any(k.lower() in e.key.lower() for k in keys):
+                shares[g] += e.self_cpu_time_total
+                break
+    rows = [(g, f"{v / total * 100:.0f}%", "") for g, v in shares.items()]
+    rows.append(("everything else (views, adds, embedding, clip, ...)",
+                 f"{(total - sum(shares.values())) / total * 100:.0f}%", ""))
+    rows.append(("profiled ms / iteration", f"{total / steps / 1e3:.1f}", ""))
+    table(f"Where the time goes: standard config, {steps} steps, torch.profiler self CPU time", rows)
+
+    alts = [("as shipped (SDPA; AdamW default = per-tensor loop on CPU)", {}, False),
+            ("written-out attention instead of SDPA", {"model.fused_attention": False}, False),
+            ("fused AdamW (torch.optim.AdamW(fused=True))", {}, True)]
+    rows = []
+    for name, ov, fused in alts:
+        c = make_cfg({**STANDARD, **ov})
+        torch.manual_seed(0)
+        m = recipe.build(c)
+        o = torch.optim.AdamW(param_groups(m, c.weight_decay), lr=c.lr, betas=c.betas, fused=fused)
+        b = recipe.batches(c, "train")
+        times = []
+        for i in range(25):
+            t = time.perf_counter()
+            recipe.loss(m, next(b))["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), c.grad_clip)
+            o.step()
+            o.zero_grad(set_to_none=True)
+            if i >= 5:
+                times.append(time.perf_counter() - t)
+        rows.append((name, f"{statistics.median(times) * 1e3:.1f} ms/iter", ""))
+    table("Alternatives, same config (median of 20 steps)", rows)
 
 
 def budget_run(preset: str, minutes: float, out_root: Path) -> dict:
@@ -209,8 +279,8 @@ def budget_run(preset: str, minutes: float, out_root: Path) -> dict:
     cosine schedule ends when the budget does."""
     _, recipe, ov = resolve(preset)
     cfg = C.make_config(recipe, ov)
-    per_step = step_time(cfg, steps=10, warmup=3)
-    eval_share = 0.08  # time kept for the evaluations and samples along the way
+    per_step = step_time(cfg, steps=20, warmup=5)
+    eval_share = 0.04  # time kept for the 5 evaluations and samples along the way
     steps = max(100, int(minutes * 60 * (1 - eval_share) / per_step))
     print(f"[{preset}] probe {per_step * 1e3:.0f} ms/iter -> {steps} steps for {minutes} min, {load()}",
           flush=True)
@@ -240,7 +310,7 @@ def bench_budget(presets: list[str], minutes: float, out_root: Path, target: flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="*", default=["std", "kv"], help="std kv gpt15 rnn15")
+    ap.add_argument("parts", nargs="*", default=["std", "kv"], help="std kv profile gpt15 rnn15")
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--threads", default="auto", help="intra-op threads: auto (probe 1 vs all) or N")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds for `std`")
@@ -255,13 +325,18 @@ def main() -> None:
         if part == "std":
             bench_std(args.out, [int(x) for x in args.seeds.split(",")])
         elif part == "kv":
-            bench_kv()
+            bench_kv("gpt-shakespeare")
+            bench_kv("gru-shakespeare")
+        elif part == "profile":
+            bench_profile()
         elif part == "gpt15":
             bench_budget(["gpt-shakespeare"], args.minutes, args.out, 1.60)
-        elif part == "rnn15":
-            bench_budget(["gru-shakespeare", "lstm-shakespeare"], args.minutes, args.out, None)
+        elif part in ("rnn15", "gru15", "lstm15"):
+            presets = {"rnn15": ["gru-shakespeare", "lstm-shakespeare"],
+                       "gru15": ["gru-shakespeare"], "lstm15": ["lstm-shakespeare"]}[part]
+            bench_budget(presets, args.minutes, args.out, None)
         else:
-            ap.error(f"unknown part {part!r}; choose from std kv gpt15 rnn15")
+            ap.error(f"unknown part {part!r}; choose from std kv profile gpt15 gru15 lstm15 rnn15")
 
 
 if __name__ == "__main__":
