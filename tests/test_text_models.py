@@ -12,7 +12,8 @@ VOCAB = 60
 def _variants():
     for name, (C, M) in ENCODERS.items():
         yield name, C(vocab_size=VOCAB, n_classes=3), M
-    yield "bag+bigrams", BagConfig(vocab_size=VOCAB, n_classes=3, bigram_buckets=97, hidden=16), BagOfEmbeddings
+    yield ("bag+bigrams", BagConfig(vocab_size=VOCAB, n_classes=3, bigram_buckets=97, hidden=16),
+           BagOfEmbeddings)
     for cell in ("rnn", "gru"):
         yield f"rnn-{cell}-2layer", RNNTextConfig(vocab_size=VOCAB, n_classes=3, cell=cell,
                                                    n_layers=2), BiRNN
@@ -59,7 +60,8 @@ def test_shapes_and_every_parameter_gets_gradient(name, cfg, cls):
 
 
 def test_attention_weights_ignore_pads_and_sum_to_one():
-    from genforge.models.text_encoders import AttentionPooling, AttnTextConfig, TransformerEncoder, TransformerTextConfig
+    from genforge.models.text_encoders import (
+        AttentionPooling, AttnTextConfig, TransformerEncoder, TransformerTextConfig)
 
     tokens = _pad([torch.randint(2, VOCAB, (n,)) for n in (4, 7)], 7)
     m = AttentionPooling(AttnTextConfig(vocab_size=VOCAB)).eval()
