@@ -66,13 +66,15 @@ class TextClassifier(nn.Module):
 
     def _init_embedding(self, cfg: "TextConfig") -> None:
         self.embed = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=cfg.pad_id)
+        self.emb_drop = nn.Dropout(cfg.emb_dropout)
         self.attention: torch.Tensor | None = None  # (B, [heads,] T) where the model has it
 
     def embed_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> embeddings (B, T, E) with pads zeroed, mask (B, T). Zeroing by the mask (not only
         padding_idx) keeps pads at zero even when attribution hooks replace the embedding."""
         mask = padding_mask(tokens, self.cfg.pad_id)
-        return self.embed(tokens) * mask.unsqueeze(-1).to(self.embed.weight.dtype), mask
+        x = self.emb_drop(self.embed(tokens))
+        return x * mask.unsqueeze(-1).to(x.dtype), mask
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(tokens), labels)
@@ -95,6 +97,7 @@ class TextConfig:
     pad_id: int = 0
     emb_dim: int = 128
     dropout: float = 0.5
+    emb_dropout: float = 0.0  # dropout on the word vectors (training only)
 
 
 @dataclass
