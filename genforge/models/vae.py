@@ -37,7 +37,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + std * torch.randn_like(std)
 
 
-def one_hot(y: torch.Tensor | None, n_classes: int, batch: int, device) -> torch.Tensor | None:
+def one_hot(y: torch.Tensor | None, n_classes: int, device) -> torch.Tensor | None:
     if n_classes == 0:
         return None
     if y is None:
@@ -153,20 +153,20 @@ class VAE(nn.Module):
         else:
             raise ValueError(f"unknown VAE arch {cfg.arch!r}; choose mlp or conv")
 
-    def _cond(self, y, batch):
-        return one_hot(y, self.cfg.n_classes, batch, next(self.parameters()).device)
+    def _cond(self, y):
+        return one_hot(y, self.cfg.n_classes, next(self.parameters()).device)
 
     def encode(self, x, y=None):
-        return self.encoder(x, self._cond(y, x.shape[0]))
+        return self.encoder(x, self._cond(y))
 
     def decode(self, z, y=None):
         """Latents -> Bernoulli logits (B, C, H, W)."""
-        return self.decoder(z, self._cond(y, z.shape[0]))
+        return self.decoder(z, self._cond(y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         """x: (B, C, H, W) in [0, 1]. Returns per-image means over the batch of the
         reconstruction term (summed BCE, nats), the KL (nats) and loss = recon + beta * KL."""
-        c = self._cond(y, x.shape[0])
+        c = self._cond(y)
         mu, logvar = self.encoder(x, c)
         z = reparameterize(mu, logvar)
         logits = self.decoder(z, c)
@@ -184,7 +184,7 @@ class VAE(nn.Module):
         -log p(x) under the Bernoulli decoder. On grey-level images the Bernoulli likelihood is
         the conventional (not normalised) choice, so compare these numbers only with models
         scored the same way."""
-        c = self._cond(y, x.shape[0])
+        c = self._cond(y)
         mu, logvar = self.encoder(x, c)
         logits = self.decoder(reparameterize(mu, logvar), c)
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
@@ -219,5 +219,5 @@ class VAE(nn.Module):
         z = (1 - w) * mu1 + w * mu2  # (steps, latent)
         c = None
         if self.cfg.n_classes:
-            c = (1 - w) * self._cond(yy1, 1) + w * self._cond(yy2, 1)  # soft label path
+            c = (1 - w) * self._cond(yy1) + w * self._cond(yy2)  # soft label path
         return torch.sigmoid(self.decoder(z, c))
