@@ -1,5 +1,6 @@
-"""Recipe: text classification (bag of embeddings, sentence CNN, BiRNN, self-attentive pooling,
-Transformer encoder) on rt-polarity or the user's own CSV / TSV / JSONL file.
+"""Recipe: text classification on rt-polarity or your own CSV / TSV / JSONL file.
+
+Encoders: bag of embeddings, sentence CNN, BiRNN, self-attentive pooling, Transformer encoder.
 
 The vocabulary (word-level, or byte-level BPE) is built on the training rows only and saved in
 the run as `vocab.json` / `tokenizer.json`; `config.json` holds its size and the class names,
