@@ -1,1 +1,2 @@
-"""Generation shared by model families: text sampling (temperature, top-k, top-p, repetition penalty, stop strings, streaming) over a KV cache or carried hidden state."""
+"""Generation shared by model families: text sampling with a KV cache or carried hidden
+state (sampling.py), image sampling grids (images.py)."""

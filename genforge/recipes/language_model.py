@@ -236,8 +236,11 @@ def _sampling(cfg: Config, **opts) -> SamplingConfig:
         if k not in SamplingConfig.__dataclass_fields__:
             raise ValueError(f"unknown generation option {k!r}; options: "
                              + ", ".join(SamplingConfig.__dataclass_fields__))
-        if v is not None:
-            setattr(sc, k, [v] if k == "stop" and isinstance(v, str) else list(v) if k == "stop" else v)
+        if v is None:
+            continue
+        if k == "stop":  # one string or several
+            v = [v] if isinstance(v, str) else list(v)
+        setattr(sc, k, v)
     return sc.check()
 
 
