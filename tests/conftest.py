@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# tests read the real datasets from ../shared/data unless the caller points elsewhere
+os.environ.setdefault("GENFORGE_DATA", str((ROOT.parent / "shared" / "data").resolve()))
+# nothing is reachable from the test machines: fail fast instead of trying to download
+os.environ.setdefault("GENFORGE_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    """Tests run many tiny models; one intra-op thread avoids oversubscribing 2 cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def data_root() -> Path:
+    return Path(os.environ["GENFORGE_DATA"])

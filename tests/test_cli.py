@@ -1,0 +1,92 @@
+"""The CLI end to end, as a user runs it: train a few steps, eval, predict, runs, errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from genforge.data.idx import read_idx
+
+
+def gf(*args, cwd, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, "-m", "genforge", *args], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"genforge {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def _png(path, arr):
+    from PIL import Image
+
+    Image.fromarray(arr).save(path)
+
+
+def test_train_eval_predict_runs(tmp_path, data_root):
+    tiny = ["--set", "max_steps=6", "--set", "train_limit=300", "--set", "eval_every=3",
+            "--set", "model.channels=4,8", "--set", "model.dense=8", "--set", "batch_size=32"]
+    p = gf("train", "quickstart", *tiny, "--out", "runs/q", cwd=tmp_path)
+    assert "model.channels = (4, 8)" in p.stdout  # resolved config is printed
+    run = tmp_path / "runs" / "q"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["recipe"] == "image-classify" and cfg["classes"][7] == "sneaker"
+    assert (run / "plots" / "curves.png").is_file()
+
+    p = gf("eval", "runs/q", "--split", "test", cwd=tmp_path)
+    assert "accuracy=" in p.stdout and "confusion matrix" in p.stdout
+    ev = json.loads((run / "eval.json").read_text())["test"]
+    assert 0.0 <= ev["accuracy"] <= 1.0 and len(ev["confusion_matrix"]) == 10
+    assert (run / "plots" / "confusion_test.png").is_file()
+
+    imgs = read_idx(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")[:2].numpy()
+    _png(tmp_path / "a.png", imgs[0])
+    _png(tmp_path / "b.png", np.stack([imgs[1]] * 3, -1))  # RGB input is converted to grey
+    p = gf("predict", "runs/q", "a.png", "b.png", cwd=tmp_path)
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("a.png\t")
+    assert float(lines[0].split("\t")[2]) > 0
+
+    p = gf("runs", "runs", cwd=tmp_path)
+    assert "q" in p.stdout and "val_accuracy" in p.stdout
+
+
+def test_resume_extends_a_run(tmp_path):
+    gf("train", "mlp-digits", "--set", "max_steps=4", "--set", "eval_every=2", "--out", "r", cwd=tmp_path)
+    p = gf("train", "mlp-digits", "--resume", "r", "--set", "max_steps=6", cwd=tmp_path)
+    assert "resumed r at step 4/6" in p.stdout
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 6
+
+
+def test_train_on_own_image_folder(tmp_path, data_root):
+    imgs = read_idx(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")[:60].numpy()
+    labels = read_idx(data_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz")[:60].numpy()
+    for i, (im, lab) in enumerate(zip(imgs, labels)):
+        d = tmp_path / "mine" / f"class{lab}"
+        d.mkdir(parents=True, exist_ok=True)
+        _png(d / f"{i}.png", im)
+    gf("train", "image-classify", "--set", "data=mine", "--set", "model=mlp", "--set", "max_steps=3",
+       "--set", "batch_size=8", "--out", "r", cwd=tmp_path)
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["classes"][0].startswith("class") and cfg["height"] == 28
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "mlp-digits", "--set", "bogus=1"], "unknown config key 'bogus'"),
+    (["train", "no-such-recipe"], "unknown recipe or preset"),
+    (["train", "image-classify", "--set", "data=nowhere/"], "neither a named image dataset"),
+    (["eval", "not-a-run"], "not a genforge run"),
+])
+def test_clear_errors(tmp_path, args, message):
+    p = gf(*args, cwd=tmp_path, check=False)
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_everywhere(tmp_path):
+    for cmd in ([], ["train"], ["eval"], ["predict"], ["generate"], ["runs"], ["list"]):
+        p = gf(*cmd, "--help", cwd=tmp_path)
+        assert "Usage" in p.stdout

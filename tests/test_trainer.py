@@ -1,0 +1,91 @@
+"""Trainer behaviour: exact resume, regularisation, schedules, early stopping, safety."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genforge.config import make_config
+from genforge.recipes import get_recipe
+from genforge.train import checkpoint as ckpt
+from genforge.train.optim import lr_factor, penalty
+from genforge.train.trainer import fit
+
+IC = get_recipe("image-classify")
+QUIET = dict(log=lambda s: None)
+
+
+def _cfg(**kw):
+    base = {"model": "cnn", "data": "fashion-mnist", "train_limit": 512, "batch_size": 16,
+            "model.channels": (4, 8), "model.dense": 16, "model.dropout": 0.3, "model.batch_norm": True,
+            "crop_pad": 2, "flip": True, "max_steps": 8, "eval_every": 2, "eval_batches": 2,
+            "warmup_steps": 2, "schedule": "cosine", "plots": False, "l2": 1e-4, "grad_clip": 1.0}
+    base.update(kw)
+    return make_config(IC, base)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_resume_is_exact(tmp_path, optimizer):
+    """N steps in one go == N/2 steps, stop, resume N/2 (dropout, BN, augmentation, cosine)."""
+    fit("image-classify", _cfg(optimizer=optimizer), tmp_path / "full", **QUIET)
+    fit("image-classify", _cfg(optimizer=optimizer), tmp_path / "split", stop_at=4, **QUIET)
+    state = torch.load(tmp_path / "split" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 4
+    fit("image-classify", _cfg(optimizer=optimizer), tmp_path / "split", resume=True, **QUIET)
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    full = [json.loads(ln)["step"] for ln in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == full
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"precious")
+    with pytest.raises(ckpt.RunError, match="already exists"):
+        fit("image-classify", _cfg(), run, **QUIET)
+    assert (run / "model.safetensors").read_bytes() == b"precious"
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path):
+    with pytest.raises(ckpt.RunError, match="cannot resume"):
+        fit("image-classify", _cfg(), tmp_path / "empty", resume=True, **QUIET)
+
+
+def test_penalties_match_formula():
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    w = [m[0].weight, m[1].weight]
+    expect = sum(0.1 * p.abs().sum() + 0.01 * p.pow(2).sum() for p in w)
+    assert torch.allclose(penalty(m, 0.1, 0.01), expect)
+    assert penalty(m, 0.0, 0.0) is None
+
+
+def test_schedules():
+    cfg = _cfg(lr=1.0, warmup_steps=10, min_lr=0.1)
+    assert lr_factor(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_factor(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_factor(60, cfg, 110) == pytest.approx(0.55)
+    assert lr_factor(110, cfg, 110) == pytest.approx(0.1)
+    cfg = _cfg(schedule="step", warmup_steps=0, step_size=5, gamma=0.5)
+    assert [lr_factor(s, cfg, 100) for s in (0, 4, 5, 10)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+    # lr=0: the metric never improves after the first evaluation -> stop after `patience` evals
+    cfg = _cfg(lr=0.0, max_steps=40, eval_every=2, patience=2, warmup_steps=0, l2=0.0)
+    run = fit("image-classify", cfg, tmp_path / "run", **QUIET)
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 6
+    assert (run / "best.safetensors").is_file()
+
+
+def test_curves_png_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    run = fit("image-classify", _cfg(plots=True, tensorboard=True, log_every=2), tmp_path / "run", **QUIET)
+    png = run / "plots" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((run / "tensorboard").iterdir())
