@@ -59,7 +59,7 @@ def list_cmd() -> None:
 
 @app.command()
 def train(
-    recipe: str = typer.Argument(..., help="recipe or preset name (see `genforge list`)"),
+    recipe: Optional[str] = typer.Argument(None, help="recipe or preset name (see `genforge list`); not needed with --resume"),
     set_: List[str] = typer.Option([], "--set", help="override a config key: key=value (repeatable), e.g. lr=3e-4 model.n_layer=6"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (default runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory exactly where it stopped"),
@@ -79,6 +79,8 @@ def train(
         C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)
         run_dir = resume
     else:
+        if recipe is None:
+            raise typer.BadParameter("name a recipe or preset (see `genforge list`), or pass --resume RUN")
         rname, recipe_mod, preset = resolve(recipe)
         cfg = C.make_config(recipe_mod, preset)
         C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)

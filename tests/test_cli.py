@@ -55,7 +55,7 @@ def test_train_eval_predict_runs(tmp_path, data_root):
 
 def test_resume_extends_a_run(tmp_path):
     gf("train", "mlp-digits", "--set", "max_steps=4", "--set", "eval_every=2", "--out", "r", cwd=tmp_path)
-    p = gf("train", "mlp-digits", "--resume", "r", "--set", "max_steps=6", cwd=tmp_path)
+    p = gf("train", "--resume", "r", "--set", "max_steps=6", cwd=tmp_path)
     assert "resumed r at step 4/6" in p.stdout
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 6
