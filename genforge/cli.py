@@ -101,6 +101,13 @@ def _evaluate_run(run: Path, split: str, checkpoint: str, extra: dict | None = N
 
     recipe, cfg, model = load_run(run, checkpoint)
     cfg.eval_batches = 0
+    if extra:
+        import inspect
+
+        accepted = inspect.signature(recipe.evaluate).parameters
+        unknown = [k for k in extra if k not in accepted]
+        if unknown:
+            raise typer.BadParameter(f"--{unknown[0]} does not apply to {cfg.model} runs of this recipe")
     t0 = time.perf_counter()
     result = recipe.evaluate(model, cfg, split, **(extra or {}))
     scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
