@@ -47,17 +47,21 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def probe_seconds_per_step(recipe, cfg, n: int = 8) -> float:
+def probe_seconds_per_step(recipe, cfg, min_steps: int = 10, min_seconds: float = 10.0) -> float:
+    """Median seconds per update over at least `min_steps` steps and `min_seconds` (the median
+    keeps one slow step on a shared CPU from shrinking the whole budget)."""
     torch.manual_seed(0)
     model = recipe.build(cfg)
     opts = recipe.optimizers(model, cfg)
     it = recipe.batches(cfg, "train")
     model.train()
     recipe.update(model, next(it), opts, 0, cfg)  # warm-up
-    t0 = time.perf_counter()
-    for s in range(n):
-        recipe.update(model, next(it), opts, s + 1, cfg)
-    return (time.perf_counter() - t0) / n
+    times, start = [], time.perf_counter()
+    while len(times) < min_steps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        recipe.update(model, next(it), opts, len(times) + 1, cfg)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def train_classifier(out: Path) -> Path:
