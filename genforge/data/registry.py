@@ -40,6 +40,7 @@ class Dataset:
     system_dirs: tuple[str, ...] = ()
     notes: str = ""  # shown when a file is missing
     splits: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> file names
+    classes: tuple[str, ...] = ()  # class names of labelled image datasets, by label id
 
 
 _FMNIST = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -77,6 +78,8 @@ DATASETS: dict[str, Dataset] = {
         ),
         system_dirs=("/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist"),
         notes="Debian users can `apt-get install dataset-fashion-mnist`.",
+        classes=("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                 "sneaker", "bag", "ankle-boot"),
         splits={
             "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -99,6 +102,7 @@ DATASETS: dict[str, Dataset] = {
         notes=("Offline copies often carry only the MNIST test split (t10k-*); the training "
                "split must be downloaded (needs internet) or placed in the dataset folder. "
                "`--set data=fashion-mnist` trains on a dataset with both splits."),
+        classes=tuple(str(i) for i in range(10)),
         splits={
             "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -112,6 +116,7 @@ DATASETS: dict[str, Dataset] = {
     "digits": Dataset(
         "digits",
         "scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes (no download)",
+        classes=tuple(str(i) for i in range(10)),
     ),
     "tinyshakespeare": Dataset(
         "tinyshakespeare",

@@ -40,9 +40,6 @@ MODELS = {
     "diffusion": (DiffusionConfig, Diffusion),
 }
 
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                   "sneaker", "bag", "ankle-boot"]
-DIGIT_CLASSES = [str(i) for i in range(10)]
 SPLIT_SEED = 1234  # validation/test carving is fixed, independent of the training seed
 
 
@@ -116,7 +113,7 @@ def _load(data: str, data_dir: str, image_size: int, test_fraction: float):
 
     if data in ("fashion-mnist", "mnist"):
         ds = registry.get(data)
-        classes = FASHION_CLASSES if data == "fashion-mnist" else DIGIT_CLASSES
+        classes = list(registry.get(data).classes)
         out = {}
         for split, (img_f, lab_f) in ds.splits.items():
             try:

@@ -22,8 +22,6 @@ from genforge.models.seq_image import RowSequenceClassifier, SeqImageConfig
 
 MODELS = {"rnn": (SeqImageConfig, RowSequenceClassifier)}  # the cell is `model.cell`
 
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                   "sneaker", "bag", "ankle-boot"]
 SPLIT_SEED = 1234  # fixed carving of validation (and MNIST's test-only fallback)
 
 
@@ -80,7 +78,7 @@ def _load(data: str, data_dir: str) -> tuple[dict, list[str], bool]:
         y = read_idx(registry.find(data, lab_f, data_dir or None, download_ok=split == "train"))
         return x, y.long()
 
-    classes = FASHION_CLASSES if data == "fashion-mnist" else [str(i) for i in range(10)]
+    classes = list(registry.get(data).classes)
     test = read("test")
     try:
         return {"train": read("train"), "test": test}, classes, False
