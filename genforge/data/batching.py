@@ -7,6 +7,16 @@ from typing import Callable, Iterator
 import torch
 
 
+SPLIT_SEED = 1234  # validation/test carving is fixed, independent of the training seed
+
+
+def carve(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-seed split of range(n) into (rest, carved) index sets."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(round(n * fraction))
+    return perm[k:], perm[:k]
+
+
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A generator whose state depends only on (seed, step, stream)."""
     g = torch.Generator()

@@ -32,6 +32,24 @@ def classification_metrics(preds: torch.Tensor, target: torch.Tensor, n_classes:
     }
 
 
+@torch.no_grad()
+def evaluate_classifier(model, batches, n_classes: int) -> dict:
+    """Mean cross-entropy and `classification_metrics` of `model` over (x, y) batches."""
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    preds, targets, total, n = [], [], torch.zeros((), device=device), 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        total += F.cross_entropy(logits, y, reduction="sum")  # summed on device: one sync at the end
+        n += len(y)
+        preds.append(logits.argmax(-1).cpu())
+        targets.append(y.cpu())
+    report = classification_metrics(torch.cat(preds), torch.cat(targets), n_classes)
+    return {"loss": total.item() / max(n, 1), **report}
+
+
 def scalar_metrics(report: dict) -> dict[str, float]:
     return {k: v for k, v in report.items() if isinstance(v, float)}
 

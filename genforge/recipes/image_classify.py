@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from genforge.config import TrainConfig
 from genforge.data import registry
-from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.batching import ShuffledBatches, carve, sequential_batches
 from genforge.data.images import load_image, load_image_folder, random_crop_flip
-from genforge.evaluate.metrics import classification_metrics
+from genforge.evaluate.metrics import evaluate_classifier
 from genforge.models.cnn import CNN, CNNConfig, ResNet, ResNetConfig
 from genforge.models.mlp import MLP, MLPConfig
 
@@ -22,7 +22,6 @@ MODELS = {
     "resnet": (ResNetConfig, ResNet),
 }
 
-SPLIT_SEED = 1234  # validation/test carving is fixed, independent of the training seed
 
 
 @dataclass
@@ -93,13 +92,6 @@ TEST_CONFIGS = {
 # data
 
 
-def _carve(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed-seed split of range(n) into (rest, carved) index sets."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    k = int(round(n * fraction))
-    return perm[k:], perm[:k]
-
-
 @functools.lru_cache(maxsize=4)
 def _load(data: str, data_dir: str, image_size: int, channels: int):
     """-> dict split -> (uint8 images (N, C, H, W), int64 labels), and class names."""
@@ -128,7 +120,7 @@ def _load(data: str, data_dir: str, image_size: int, channels: int):
         # sklearn stores 0..16 intensities; scale to 0..255 like every other source
         x = torch.from_numpy((d.images * (255.0 / 16.0)).round()).to(torch.uint8)[:, None]
         y = torch.from_numpy(d.target).long()
-        rest, test = _carve(len(x), 0.2)
+        rest, test = carve(len(x), 0.2)
         return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, list(registry.get("digits").classes)
     if data == "cifar10":
         from genforge.data.cifar import CLASSES, load_cifar10
@@ -139,7 +131,7 @@ def _load(data: str, data_dir: str, image_size: int, channels: int):
     if path.is_dir():
         size = (image_size, image_size) if image_size else None
         x, y, classes = load_image_folder(path, channels or None, size)
-        rest, test = _carve(len(x), 0.2)
+        rest, test = carve(len(x), 0.2)
         return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, classes
     raise registry.DataError(
         f"data={data!r} is neither a named image dataset (fashion-mnist, mnist, digits, cifar10) "
@@ -151,7 +143,7 @@ def _splits(cfg: Config) -> tuple[dict, list[str]]:
     x, y = raw["train"]
     if cfg.train_limit:
         x, y = x[:cfg.train_limit], y[:cfg.train_limit]
-    rest, val = _carve(len(x), cfg.val_fraction)
+    rest, val = carve(len(x), cfg.val_fraction)
     return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}, classes
 
 
@@ -203,19 +195,8 @@ def loss(model, batch) -> dict:
             "accuracy": (logits.argmax(-1) == y).float().mean()}
 
 
-@torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
-    device = next(model.parameters()).device
-    preds, targets, total_loss, n = [], [], 0.0, 0
-    for x, y in batches(cfg, split):
-        x, y = x.to(device), y.to(device)
-        logits = model(x).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        n += len(y)
-        preds.append(logits.argmax(-1).cpu())
-        targets.append(y.cpu())
-    report = classification_metrics(torch.cat(preds), torch.cat(targets), len(cfg.classes))
-    return {"loss": total_loss / max(n, 1), **report}
+    return evaluate_classifier(model, batches(cfg, split), len(cfg.classes))
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 
 from genforge.config import ConfigError, TrainConfig
 from genforge.data import registry
-from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.batching import SPLIT_SEED, ShuffledBatches, carve, sequential_batches
 from genforge.data.images import load_image_folder
 from genforge.generate.images import save_grid
 from genforge.models.diffusion import Diffusion, DiffusionConfig
@@ -40,7 +40,6 @@ MODELS = {
     "diffusion": (DiffusionConfig, Diffusion),
 }
 
-SPLIT_SEED = 1234  # validation/test carving is fixed, independent of the training seed
 
 
 @dataclass
@@ -99,13 +98,6 @@ TEST_SAMPLE = {"n": 4}
 # data
 
 
-def _carve(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed-seed split of range(n) into (rest, carved) index sets."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    k = int(round(n * fraction))
-    return perm[k:], perm[:k]
-
-
 @functools.lru_cache(maxsize=4)
 def _load(data: str, data_dir: str, image_size: int, test_fraction: float):
     """-> ({split: (uint8 images (N, C, H, W), int64 labels)}, class names)."""
@@ -132,14 +124,14 @@ def _load(data: str, data_dir: str, image_size: int, test_fraction: float):
                   f"{1 - test_fraction:.0%} of its test split and testing on the rest",
                   file=sys.stderr)
             x, y = out["test"]
-            rest, test = _carve(len(x), test_fraction)
+            rest, test = carve(len(x), test_fraction)
             out = {"train": (x[rest], y[rest]), "test": (x[test], y[test])}
         return out, classes
     path = Path(data)
     if path.is_dir():
         size = (image_size, image_size) if image_size else None
         x, y, classes = load_image_folder(path, None, size)
-        rest, test = _carve(len(x), test_fraction)
+        rest, test = carve(len(x), test_fraction)
         return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, classes
     raise registry.DataError(
         f"data={data!r} is neither a named image dataset (fashion-mnist, mnist) nor a folder "
@@ -152,7 +144,7 @@ def splits(cfg: Config) -> tuple[dict, list[str]]:
     x, y = raw["train"]
     if cfg.train_limit:
         x, y = x[:cfg.train_limit], y[:cfg.train_limit]
-    rest, val = _carve(len(x), cfg.val_fraction)
+    rest, val = carve(len(x), cfg.val_fraction)
     return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}, classes
 
 

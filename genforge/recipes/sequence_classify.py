@@ -17,7 +17,7 @@ from genforge.data import registry
 from genforge.data.batching import ShuffledBatches, sequential_batches
 from genforge.data.idx import read_idx
 from genforge.data.images import load_image
-from genforge.evaluate.metrics import classification_metrics
+from genforge.evaluate.metrics import evaluate_classifier
 from genforge.models.seq_image import RowSequenceClassifier, SeqImageConfig
 
 MODELS = {"rnn": (SeqImageConfig, RowSequenceClassifier)}  # the cell is `model.cell`
@@ -138,18 +138,8 @@ def loss(model, batch) -> dict:
     return {"loss": F.cross_entropy(logits, y), "accuracy": (logits.argmax(-1) == y).float().mean()}
 
 
-@torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
-    device = next(model.parameters()).device
-    preds, targets, total, n = [], [], 0.0, 0
-    for x, y in batches(cfg, split):
-        logits = model(x.to(device)).float().cpu()
-        total += F.cross_entropy(logits, y, reduction="sum").item()
-        n += len(y)
-        preds.append(logits.argmax(-1))
-        targets.append(y)
-    report = classification_metrics(torch.cat(preds), torch.cat(targets), len(cfg.classes))
-    return {"loss": total / max(n, 1), **report}
+    return evaluate_classifier(model, batches(cfg, split), len(cfg.classes))
 
 
 def load_inputs(cfg: Config, paths: list[str]) -> torch.Tensor:

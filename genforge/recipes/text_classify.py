@@ -20,7 +20,7 @@ from genforge.config import TrainConfig
 from genforge.data.batching import ShuffledBatches, sequential_batches
 from genforge.data.tabular_text import load_labelled_text, split_indices
 from genforge.data.vocab import BPEVocab, Vocab
-from genforge.evaluate.metrics import classification_metrics
+from genforge.evaluate.metrics import evaluate_classifier
 from genforge.models.text_encoders import ENCODERS
 
 MODELS = dict(ENCODERS)  # bag | cnn | rnn | attention | transformer
@@ -192,18 +192,8 @@ def loss(model, batch) -> dict:
     return out
 
 
-@torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
-    device = next(model.parameters()).device
-    preds, targets, total, n = [], [], 0.0, 0
-    for x, y in batches(cfg, split):
-        logits = model(x.to(device)).float().cpu()
-        total += F.cross_entropy(logits, y, reduction="sum").item()
-        n += len(y)
-        preds.append(logits.argmax(-1))
-        targets.append(y)
-    report = classification_metrics(torch.cat(preds), torch.cat(targets), len(cfg.classes))
-    return {"loss": total / max(n, 1), **report}
+    return evaluate_classifier(model, batches(cfg, split), len(cfg.classes))
 
 
 @torch.no_grad()
