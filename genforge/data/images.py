@@ -1,6 +1,8 @@
 """Images: a folder with one subfolder per class, single image files, and tensor augmentation."""
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +14,18 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 _IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
-def load_image(path: str | Path, channels: int | None = None,
+def load_image(path: str | Path | bytes, channels: int | None = None,
                size: tuple[int, int] | None = None) -> torch.Tensor:
-    """One image file -> uint8 tensor (C, H, W). `channels` 1 or 3 converts; `size` (H, W)
+    """One image file (or its encoded bytes) -> uint8 tensor (C, H, W). `channels` 1 or 3 converts; `size` (H, W)
     resizes with bilinear filtering."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    if isinstance(path, (bytes, bytearray)):  # an encoded image already in memory
+        src, path = io.BytesIO(path), "the uploaded image"
+    else:
+        src = path = Path(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(src) as im:
             mode = {1: "L", 3: "RGB"}.get(channels or 0, "RGB" if im.mode not in ("L", "1") else "L")
             im = im.convert(mode)
             if size is not None and (im.height, im.width) != tuple(size):

@@ -50,6 +50,16 @@ def evaluate_classifier(model, batches, n_classes: int) -> dict:
     return {"loss": total.item() / max(n, 1), **report}
 
 
+def top_predictions(probs: torch.Tensor, classes: list[str], inputs: list, top: int = 3) -> list[dict]:
+    """Class probabilities (N, C) -> [{input, label, probability, top: [(label, p), ...]}]."""
+    out = []
+    for name, p in zip(inputs, probs.float().cpu()):
+        vals, idx = p.topk(max(1, min(top, len(classes))))
+        out.append({"input": name, "label": classes[idx[0]], "probability": vals[0].item(),
+                    "top": [(classes[i], v.item()) for v, i in zip(vals, idx)]})
+    return out
+
+
 def scalar_metrics(report: dict) -> dict[str, float]:
     return {k: v for k, v in report.items() if isinstance(v, float)}
 

@@ -178,13 +178,18 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
-                cfg: SamplingConfig | None = None, **overrides: Any) -> Iterator[str]:
+                cfg: SamplingConfig | None = None, stats: dict | None = None,
+                **overrides: Any) -> Iterator[str]:
     """Yield the continuation of `prompt` piece by piece as it is generated (batch of one).
 
     Decoding is done on the whole continuation so that byte-level tokens that split a
     UTF-8 character are shown only once the character is complete; a stop string ends the
-    stream and is not yielded."""
+    stream and is not yielded. `stats`, when given, is kept up to date with
+    `completion_tokens` (tokens sampled so far) and, once the stream ends, `finish_reason`:
+    "stop" (a stop string) or "length" (max_new_tokens)."""
     cfg = SamplingConfig(**{**(vars(cfg) if cfg else {}), **overrides})
+    stats = {} if stats is None else stats
+    stats["completion_tokens"] = 0
     stops = [s for s in cfg.stop if s]
     ids = torch.tensor([_prompt_ids(tokenizer, prompt)], dtype=torch.long)
     generated: list[int] = []
@@ -192,11 +197,13 @@ def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
     text = ""
     for tok in sample_tokens(model, ids, cfg):
         generated.append(int(tok[0]))
+        stats["completion_tokens"] = len(generated)
         text = tokenizer.decode(generated)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
             continue
         cut = _first_stop(text, stops, shown)
         if cut >= 0:
+            stats["finish_reason"] = "stop"
             if cut > shown:
                 yield text[shown:cut]
             return
@@ -205,6 +212,7 @@ def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
             yield text[shown:safe]
             shown = safe
     cut = _first_stop(text, stops, shown)
+    stats["finish_reason"] = "stop" if cut >= 0 else "length"
     end = cut if cut >= 0 else len(text)
     if end > shown:
         yield text[shown:end]

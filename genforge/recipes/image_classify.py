@@ -12,7 +12,7 @@ from genforge.config import TrainConfig
 from genforge.data import registry
 from genforge.data.batching import ShuffledBatches, carve, sequential_batches
 from genforge.data.images import load_image, load_image_folder, random_crop_flip
-from genforge.evaluate.metrics import evaluate_classifier
+from genforge.evaluate.metrics import evaluate_classifier, top_predictions
 from genforge.models.cnn import CNN, CNNConfig, ResNet, ResNetConfig
 from genforge.models.mlp import MLP, MLPConfig
 
@@ -22,6 +22,8 @@ MODELS = {
     "resnet": (ResNetConfig, ResNet),
 }
 
+
+TASK = "image-classification"  # what `genforge serve` offers: POST /v1/classifications
 
 
 @dataclass
@@ -200,15 +202,18 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
 
 
 @torch.no_grad()
+def classify(model, cfg: Config, images: list, top: int = 3) -> list[dict]:
+    """Images (encoded PNG/JPEG bytes or file paths) -> [{input, label, probability, top}]."""
+    device = next(model.parameters()).device
+    x = torch.stack([load_image(p, cfg.channels, (cfg.height, cfg.width)) for p in images])
+    probs = F.softmax(model(_normalize(x, cfg).to(device)).float(), dim=-1)
+    return top_predictions(probs, cfg.classes, [_name(p, i) for i, p in enumerate(images)], top)
+
+
+def _name(item, i: int) -> str:
+    return f"image {i}" if isinstance(item, (bytes, bytearray)) else str(item)
+
+
 def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:
     """Image files -> [{input, label, probability, top: [(label, p), ...]}]."""
-    device = next(model.parameters()).device
-    x = torch.stack([load_image(p, cfg.channels, (cfg.height, cfg.width)) for p in inputs])
-    probs = F.softmax(model(_normalize(x, cfg).to(device)).float(), dim=-1).cpu()
-    out = []
-    for path, p in zip(inputs, probs):
-        vals, idx = p.topk(min(top, len(cfg.classes)))
-        out.append({"input": str(path), "label": cfg.classes[idx[0]], "probability": vals[0].item(),
-                    "top": [(cfg.classes[i], v.item()) for v, i in zip(vals, idx)]})
-    return out
-
+    return classify(model, cfg, inputs, top)

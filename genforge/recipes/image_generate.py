@@ -41,6 +41,8 @@ MODELS = {
 }
 
 
+TASK = "image-generation"  # what `genforge serve` offers (see genforge/serve)
+
 
 @dataclass
 class Config(TrainConfig):

@@ -36,6 +36,9 @@ MODELS = {
 }
 
 
+TASK = "text-generation"  # what `genforge serve` offers (see genforge/serve)
+
+
 @dataclass
 class Config(TrainConfig):
     model: str = "gpt"

@@ -17,12 +17,15 @@ from genforge.data import registry
 from genforge.data.batching import ShuffledBatches, sequential_batches
 from genforge.data.idx import read_idx
 from genforge.data.images import load_image
-from genforge.evaluate.metrics import evaluate_classifier
+from genforge.evaluate.metrics import evaluate_classifier, top_predictions
 from genforge.models.seq_image import RowSequenceClassifier, SeqImageConfig
 
 MODELS = {"rnn": (SeqImageConfig, RowSequenceClassifier)}  # the cell is `model.cell`
 
 SPLIT_SEED = 1234  # fixed carving of validation (and MNIST's test-only fallback)
+
+
+TASK = "image-classification"  # what `genforge serve` offers: POST /v1/classifications
 
 
 @dataclass
@@ -142,20 +145,21 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
     return evaluate_classifier(model, batches(cfg, split), len(cfg.classes))
 
 
-def load_inputs(cfg: Config, paths: list[str]) -> torch.Tensor:
-    """Image files -> normalised (N, H, W) model inputs (grey, resized to the training size)."""
+def load_inputs(cfg: Config, paths: list) -> torch.Tensor:
+    """Image files (or encoded image bytes) -> normalised (N, H, W) model inputs (grey, resized to the training size)."""
     x = torch.stack([load_image(p, 1, (cfg.height, cfg.width))[0] for p in paths])
     return _normalize(x, cfg)
 
 
 @torch.no_grad()
+def classify(model, cfg: Config, images: list, top: int = 3) -> list[dict]:
+    """Images (encoded PNG/JPEG bytes or file paths) -> [{input, label, probability, top}]."""
+    device = next(model.parameters()).device
+    probs = model(load_inputs(cfg, images).to(device)).float().softmax(-1)
+    names = [f"image {i}" if isinstance(p, (bytes, bytearray)) else str(p) for i, p in enumerate(images)]
+    return top_predictions(probs, cfg.classes, names, top)
+
+
 def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:
     """Image files -> [{input, label, probability, top: [(label, p), ...]}]."""
-    device = next(model.parameters()).device
-    probs = model(load_inputs(cfg, inputs).to(device)).float().softmax(-1).cpu()
-    out = []
-    for path, p in zip(inputs, probs):
-        vals, idx = p.topk(min(top, len(cfg.classes)))
-        out.append({"input": str(path), "label": cfg.classes[idx[0]], "probability": vals[0].item(),
-                    "top": [(cfg.classes[i], v.item()) for v, i in zip(vals, idx)]})
-    return out
+    return classify(model, cfg, inputs, top)

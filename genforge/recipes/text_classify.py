@@ -20,10 +20,13 @@ from genforge.config import TrainConfig
 from genforge.data.batching import ShuffledBatches, sequential_batches
 from genforge.data.tabular_text import load_labelled_text, split_indices
 from genforge.data.vocab import BPEVocab, Vocab
-from genforge.evaluate.metrics import evaluate_classifier
+from genforge.evaluate.metrics import evaluate_classifier, top_predictions
 from genforge.models.text_encoders import ENCODERS
 
 MODELS = dict(ENCODERS)  # bag | cnn | rnn | attention | transformer
+
+
+TASK = "text-classification"  # what `genforge serve` offers: POST /v1/classifications
 
 
 @dataclass
@@ -197,17 +200,16 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
 
 
 @torch.no_grad()
+def classify(model, cfg: Config, texts: list[str], top: int = 3) -> list[dict]:
+    """Texts -> [{input, label, probability, top: [(label, p), ...]}] (never reads files)."""
+    x = encode_texts(vocabulary(cfg), list(texts), cfg.max_len).to(next(model.parameters()).device)
+    return top_predictions(model(x).float().softmax(-1), cfg.classes, list(texts), top)
+
+
 def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:
-    """Texts -> [{input, label, probability, top: [(label, p), ...]}]. Each input is the text
-    itself, or a path to a .txt file holding one text."""
-    vocab = vocabulary(cfg)
+    """Each input is the text itself, or a path to a .txt file holding one text."""
     texts = [Path(t).read_text() if t.endswith(".txt") and Path(t).is_file() else t for t in inputs]
-    device = next(model.parameters()).device
-    x = encode_texts(vocab, texts, cfg.max_len).to(device)
-    probs = model(x).float().softmax(-1).cpu()
-    out = []
-    for text, p in zip(inputs, probs):
-        vals, idx = p.topk(min(top, len(cfg.classes)))
-        out.append({"input": text, "label": cfg.classes[idx[0]], "probability": vals[0].item(),
-                    "top": [(cfg.classes[i], v.item()) for v, i in zip(vals, idx)]})
+    out = classify(model, cfg, texts, top)
+    for r, given in zip(out, inputs):
+        r["input"] = given
     return out
