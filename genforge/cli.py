@@ -222,6 +222,46 @@ def generate(
 
 
 @app.command()
+def serve(
+    runs: List[Path] = typer.Argument(..., help="run directories to serve (model id = folder name)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENFORGE_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' on /v1/*"),
+    workers: int = typer.Option(2, help="threads running models (torch threads are shared out)"),
+    max_pending: int = typer.Option(64, "--max-pending", help="generations queued or running before 429"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", help="most new tokens per choice"),
+    max_prompt_tokens: int = typer.Option(0, "--max-prompt-tokens",
+                                          help="longest prompt (0 = the model's context)"),
+    max_n: int = typer.Option(8, "--max-n", help="most choices per request"),
+    max_images: int = typer.Option(16, "--max-images", help="most images per request"),
+    max_body: int = typer.Option(4 << 20, "--max-body", help="largest request body in bytes"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps"),
+) -> None:
+    """Serve runs over an OpenAI-compatible HTTP API, with a web playground at /."""
+    import torch
+    import uvicorn
+
+    from genforge.serve.app import create_app
+    from genforge.serve.engine import Limits, load_models, torch_threads_for
+    from genforge.train.device import resolve_device
+
+    if workers < 1 or max_pending < 1:
+        raise typer.BadParameter("--workers and --max-pending must be at least 1")
+    torch.set_num_threads(torch_threads_for(workers))
+    models = load_models(runs, checkpoint, str(resolve_device(device)))
+    limits = Limits(workers=workers, max_pending=max_pending, max_tokens=max_tokens,
+                    max_prompt_tokens=max_prompt_tokens, max_n=max_n, max_images=max_images,
+                    max_body_bytes=max_body)
+    for m in models.values():
+        typer.echo(f"serving {m.id}: {m.task} ({m.cfg.model}, {m.run_dir})")
+    typer.echo(f"playground: http://{host}:{port}/   API: http://{host}:{port}/v1"
+               + ("   (API key required)" if api_key else ""))
+    uvicorn.run(create_app(models, limits, api_key), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def runs(folder: Path = typer.Argument(Path("runs"), help="folder holding run directories")) -> None:
     """Table of the runs under a folder with their key metrics."""
     if not folder.is_dir():

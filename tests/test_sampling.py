@@ -82,6 +82,21 @@ def test_temperature_sharpens_the_distribution():
     assert (cold == 0).float().mean() > 0.9 > (hot == 0).float().mean()
 
 
+def test_extreme_temperatures_and_penalties_stay_finite():
+    """Found by the server's fuzz test: temperature 1e-300 used to overflow logits to inf and
+    give NaN probabilities. Now a vanishing temperature is (near-)greedy."""
+    logits = torch.tensor([[3.0, 1.0, -2.0, 50.0]]).repeat(64, 1)
+    seen = torch.ones_like(logits, dtype=torch.bool)
+    for t in (1e-300, 1e-30, 1e-6):
+        assert (next_token(logits, SamplingConfig(temperature=t)) == 3).all()
+    for pen in (1e-300, 1e300):
+        tok = next_token(logits, SamplingConfig(temperature=0.5, repetition_penalty=pen), seen)
+        assert ((tok >= 0) & (tok < 4)).all()
+    assert (next_token(logits, SamplingConfig(top_p=5e-324)) == 3).all()  # 0 in float32
+    huge = torch.tensor([[1e38, -1e38, 0.0]])
+    assert next_token(huge, SamplingConfig(temperature=2.0)).item() == 0
+
+
 def test_seed_makes_sampling_reproducible():
     m = gpt()
     a = generate_text(m, TOK, "ROMEO:", max_new_tokens=40, temperature=1.0, seed=3)

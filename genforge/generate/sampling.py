@@ -72,7 +72,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
-    drop_sorted = before >= p  # the first token has before == 0 < p: never dropped
+    drop_sorted = before >= p
+    drop_sorted[:, 0] = False  # the most likely token stays, even when p rounds to 0 in float32
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
 
@@ -82,10 +83,16 @@ def next_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | N
     """Pick the next token (B,) from last-position logits (B, V)."""
     logits = logits.float()
     if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+        logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty).clamp(-1e30, 1e30)
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = top_k_filter(logits / cfg.temperature, cfg.top_k)
+    if cfg.temperature != 1.0:
+        # shift so the best logit is 0 first: a tiny temperature then sends the others to
+        # -inf (near-greedy) instead of overflowing everything to inf (NaN probabilities)
+        logits = logits.clamp(-1e30, 1e30)
+        # (floored at 1e-6, below which float32 division underflows: greedy in effect)
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(cfg.temperature, 1e-6)
+    logits = top_k_filter(logits, cfg.top_k)
     logits = top_p_filter(logits, cfg.top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -1,0 +1,298 @@
+"""The models behind `genforge serve` and the worker pool that runs them.
+
+The HTTP layer (genforge/serve/app.py) never calls a model itself. Every piece of model work
+is an iterator (a text stream yields text pieces; an image or classification request yields
+its one result) handed to a `WorkerPool`: a fixed set of threads that advance the admitted
+iterators one item at a time in turn (round robin). So the event loop never blocks on a
+model, every stream in flight makes progress (a long stream does not hold a worker while
+32 others wait), and a cancelled job (its client went away) is dropped at its next turn.
+Admission is bounded: more than `max_pending` jobs in flight is refused with 429.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import torch
+
+from genforge.train.checkpoint import RunError, load_run
+
+
+class APIError(Exception):
+    """An error answered in the OpenAI shape: {"error": {message, type, param, code}}."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+             503: "server_error"}
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, type: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or self.TYPES.get(status, "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+@dataclass
+class Limits:
+    """Server limits (all settable on `genforge serve`)."""
+
+    workers: int = 2  # threads running model work (torch gets cores // workers threads each)
+    max_pending: int = 64  # jobs (one per generated choice/request) waiting or running; more -> 429
+    max_tokens: int = 1024  # the most new tokens one choice may ask for
+    chat_max_tokens: int = 256  # default max_tokens of a chat completion (completions: 16)
+    max_prompt_tokens: int = 0  # 0 = the model's context (GPT) or 4096 (recurrent models)
+    max_n: int = 8  # choices per request
+    max_images: int = 16  # images per request
+    max_inputs: int = 64  # inputs per classification request
+    max_body_bytes: int = 4 << 20  # request bodies larger than this -> 413
+
+
+RECURRENT_PROMPT_LIMIT = 4096
+
+TASK_ENDPOINTS = {
+    "text-generation": "/v1/completions and /v1/chat/completions",
+    "image-generation": "/v1/images/generations",
+    "image-classification": "/v1/classifications",
+    "text-classification": "/v1/classifications",
+}
+
+
+@dataclass
+class ServedModel:
+    id: str
+    run_dir: Path
+    recipe_name: str
+    recipe: Any
+    cfg: Any
+    model: torch.nn.Module
+    task: str
+    created: int
+    tokenizer: Any = None  # text-generation models
+    chat_template: Any = None
+
+    def info(self) -> dict:
+        """The /v1/models entry (OpenAI fields + a `genforge` block the playground reads)."""
+        extra: dict[str, Any] = {"task": self.task, "recipe": self.recipe_name,
+                                 "architecture": self.cfg.model}
+        if self.task == "text-generation":
+            extra["context_length"] = self.context_length
+            extra["max_prompt_tokens"] = self.prompt_limit(Limits())
+        classes = getattr(self.cfg, "classes", None)
+        if classes:
+            extra["classes"] = list(classes)
+        if self.task == "image-generation":
+            extra["conditional"] = bool(getattr(self.cfg, "conditional", False))
+            extra["family"] = self.cfg.model
+            extra["size"] = f"{self.cfg.width}x{self.cfg.height}"
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "genforge",
+                "genforge": extra}
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.context_size)
+
+    def recurrent(self) -> bool:
+        return self.cfg.model in ("rnn", "gru", "lstm")
+
+    def prompt_limit(self, limits: Limits) -> int:
+        if limits.max_prompt_tokens:
+            return limits.max_prompt_tokens
+        return RECURRENT_PROMPT_LIMIT if self.recurrent() else self.context_length
+
+    def encode(self, text: str, param: str = "prompt") -> list[int]:
+        try:
+            return self.tokenizer.encode(text)
+        except ValueError as e:  # e.g. a character the char-level vocabulary never saw
+            raise APIError(400, f"{param}: {e}", param=param) from None
+
+
+def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "cpu") -> dict[str, ServedModel]:
+    """Run folders -> served models by id (the run folder's name). Raises RunError with a
+    clear message for anything that cannot be served."""
+    from genforge.serve.chat import load_chat_template
+
+    if not run_dirs:
+        raise RunError("no runs to serve; pass one or more run folders (see `genforge runs`)")
+    models: dict[str, ServedModel] = {}
+    for rd in run_dirs:
+        rd = Path(rd)
+        recipe, cfg, model = load_run(rd, which, device)
+        task = getattr(recipe, "TASK", None)
+        rname = recipe.__name__.rsplit(".", 1)[-1].replace("_", "-")
+        if task not in TASK_ENDPOINTS:
+            raise RunError(f"{rd} is a {rname} run, which the server cannot serve; serve text "
+                           "generation, image generation or classifier runs")
+        mid = rd.resolve().name
+        if mid in models:
+            raise RunError(f"two runs are named {mid!r} ({models[mid].run_dir} and {rd}); the "
+                           "model id is the folder name, so rename one of them")
+        sm = ServedModel(id=mid, run_dir=rd, recipe_name=rname, recipe=recipe, cfg=cfg,
+                         model=model, task=task, created=int((rd / "config.json").stat().st_mtime))
+        if task == "text-generation":
+            sm.tokenizer = recipe.tokenizer(cfg, rd)
+            sm.chat_template = load_chat_template(rd)
+        models[mid] = sm
+    return models
+
+
+# ---------------------------------------------------------------------------------------
+# the worker pool
+
+
+_DONE = object()
+
+
+class Job:
+    """One iterator advanced by the pool; its items go to the owning Batch's queue."""
+
+    __slots__ = ("it", "tag", "batch", "cancelled")
+
+    def __init__(self, it: Iterator, tag: Any, batch: "Batch"):
+        self.it, self.tag, self.batch, self.cancelled = it, tag, batch, False
+
+
+class Batch:
+    """The jobs of one request (e.g. n choices). Iterate it (async) for (tag, item) pairs as
+    the workers produce them; `cancel()` stops every job at its next turn."""
+
+    def __init__(self, pool: "WorkerPool", loop: asyncio.AbstractEventLoop):
+        self.pool, self.loop = pool, loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.jobs: list[Job] = []
+        self.open = 0
+
+    def _put(self, msg: tuple) -> None:  # from a worker thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.cancel()
+
+    def cancel(self) -> None:
+        for j in self.jobs:
+            j.cancelled = True
+
+    async def items(self, poll=None) -> AsyncIterator[tuple[Any, Any]]:
+        """(tag, item) until every job is done; re-raises a job's exception. `poll`, an
+        async callable returning True when the client has gone, is checked while waiting."""
+        try:
+            while self.open:
+                if poll is None:
+                    tag, kind, val = await self.queue.get()
+                else:
+                    try:
+                        tag, kind, val = await asyncio.wait_for(self.queue.get(), 0.25)
+                    except asyncio.TimeoutError:
+                        if await poll():
+                            return
+                        continue
+                if kind is _DONE:
+                    self.open -= 1
+                elif kind == "error":
+                    raise val
+                else:
+                    yield tag, val
+        finally:
+            self.cancel()
+
+
+class WorkerPool:
+    def __init__(self, workers: int = 2, max_pending: int = 64):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.max_pending = max_pending
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.pending = 0  # admitted jobs not finished
+        self.running = 0  # jobs inside next() right now
+        self.completed = 0
+        self.cancelled = 0
+        self._threads = [threading.Thread(target=self._work, name=f"genforge-worker-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, iterators: list[tuple[Any, Iterator]], loop: asyncio.AbstractEventLoop) -> Batch:
+        """Admit all the request's jobs or none (429 when the pool is full)."""
+        batch = Batch(self, loop)
+        with self._lock:
+            if self.pending + len(iterators) > self.max_pending:
+                raise APIError(429, f"the server is busy: {self.pending} generations are queued or "
+                               f"running (limit {self.max_pending}); retry shortly",
+                               code="queue_full")
+            self.pending += len(iterators)
+        batch.jobs = [Job(it, tag, batch) for tag, it in iterators]
+        batch.open = len(batch.jobs)
+        for j in batch.jobs:
+            self._ready.put(j)
+        return batch
+
+    def stats(self) -> dict:
+        return {"pending": self.pending, "running": self.running, "completed": self.completed,
+                "cancelled": self.cancelled, "limit": self.max_pending, "workers": len(self._threads)}
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._ready.put(None)
+
+    def _finish(self, job: Job, cancelled: bool = False) -> None:
+        close = getattr(job.it, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+        with self._lock:
+            self.pending -= 1
+            if cancelled:
+                self.cancelled += 1
+            else:
+                self.completed += 1
+
+    def _work(self) -> None:
+        while True:
+            job = self._ready.get()
+            if job is None:
+                return
+            if job.cancelled:
+                self._finish(job, cancelled=True)
+                continue
+            with self._lock:
+                self.running += 1
+            try:
+                item = next(job.it)
+            except StopIteration:
+                job.batch._put((job.tag, _DONE, None))
+                self._finish(job)
+                continue
+            except BaseException as e:  # handed to the request, which answers it
+                job.batch._put((job.tag, "error", e))
+                self._finish(job)
+                continue
+            finally:
+                with self._lock:
+                    self.running -= 1
+            job.batch._put((job.tag, "item", item))
+            self._ready.put(job)  # back of the line: the other jobs get their turn
+
+
+def torch_threads_for(workers: int) -> int:
+    """Intra-op threads per worker: the cores shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+_ids = itertools.count()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{int(time.time() * 1000):x}{next(_ids):04x}{os.getpid() & 0xffff:04x}"

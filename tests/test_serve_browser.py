@@ -1,0 +1,111 @@
+"""The web playground in a real browser: Playwright driving Debian's Chromium against a live
+server. Needs /usr/bin/chromium (`apt-get install -y --no-install-recommends chromium`)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from genforge.serve.engine import Limits
+from serving import LiveServer, train_runs
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
+                                "(apt-get install -y --no-install-recommends chromium)")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    runs = train_runs(tmp_path_factory.mktemp("browser"), ("tiny-gpt", "tiny-vae", "tiny-digits"))
+    with LiveServer(list(runs.values()), Limits(workers=2, max_tokens=4000)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def page(live):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pg = browser.new_page()
+        external = []
+        pg.on("request", lambda r: None if r.url.startswith(live.url) or r.url.startswith("data:")
+              else external.append(r.url))
+        pg.goto(live.url + "/")
+        pg.wait_for_function("document.querySelectorAll('#complete-model option').length > 0 "
+                             "&& document.getElementById('complete-model').value !== ''")
+        pg.external_requests = external
+        yield pg
+        browser.close()
+
+
+def test_completion_streams_into_the_page(page):
+    page.click("#tab-complete")
+    page.fill("#complete-prompt", "ROMEO:")
+    page.fill("#complete-max", "1500")
+    # count how many times the generated text changed while the answer was arriving
+    page.evaluate("""() => {
+        window.__updates = 0;
+        const target = document.getElementById('complete-output');
+        new MutationObserver(() => { window.__updates++; })
+            .observe(target, {subtree: true, childList: true, characterData: true});
+    }""")
+    page.click("#complete-go")
+    page.wait_for_selector("#complete-output.done", timeout=60_000)
+    text = page.text_content("#complete-generated")
+    assert len(text) == 1500  # char-level: one character per token
+    assert page.evaluate("window.__updates") > 10  # shown piece by piece, not at once
+    assert "first token" in page.text_content("#complete-status")
+    assert page.external_requests == []
+
+
+def test_chat_round_trip(page):
+    page.click("#tab-chat")
+    page.fill("#chat-max", "30")
+    page.fill("#chat-input", "Good morrow!")
+    page.click("#chat-send")
+    page.wait_for_selector(".msg.assistant.done", timeout=60_000)
+    assert page.text_content(".msg.user") == "Good morrow!"
+    assert len(page.text_content(".msg.assistant.done")) > 0
+    assert "error" not in (page.get_attribute("#chat-status", "class") or "")
+
+
+def test_chat_error_is_shown(page):
+    page.click("#tab-chat")
+    page.fill("#chat-input", "\u263a unknown character")
+    page.click("#chat-send")
+    page.wait_for_selector("#chat-status.error", timeout=30_000)
+    assert "never saw" in page.text_content("#chat-status")
+
+
+def test_image_generation_renders(page):
+    page.click("#tab-images")
+    page.select_option("#image-model", "tiny-vae")
+    page.fill("#image-prompt", "sneaker")
+    page.fill("#image-n", "4")
+    page.click("#image-go")
+    page.wait_for_function("document.querySelectorAll('#image-results img').length === 4", timeout=60_000)
+    page.wait_for_function("[...document.querySelectorAll('#image-results img')].every(i => i.complete && i.naturalWidth > 0)")
+    sizes = page.evaluate("[...document.querySelectorAll('#image-results img')].map(i => [i.naturalWidth, i.naturalHeight])")
+    assert sizes == [[28, 28]] * 4
+    assert "sneaker" in page.text_content("#image-status")
+
+
+def test_image_classification_upload(page, tmp_path):
+    from PIL import Image
+
+    img = Image.new("L", (8, 8), 0)
+    for i in range(8):
+        img.putpixel((3, i), 255)
+        img.putpixel((4, i), 255)
+    path = tmp_path / "one.png"
+    img.save(path)
+    page.click("#tab-classify")
+    page.select_option("#classify-model", "tiny-digits")
+    page.set_input_files("#classify-file", str(path))
+    page.click("#classify-go")
+    page.wait_for_selector("#classify-label", timeout=30_000)
+    label = page.text_content("#classify-label")
+    assert label in [str(d) for d in range(10)]
+    assert len(page.query_selector_all("#classify-results .bar")) == 5

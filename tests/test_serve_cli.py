@@ -1,0 +1,108 @@
+"""`genforge serve` as users start it (a subprocess), and what it refuses to serve."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from genforge.config import make_config
+from genforge.recipes import get_recipe
+from genforge.serve.chat import ChatTemplate, load_chat_template
+from genforge.serve.engine import load_models
+from genforge.train.checkpoint import RunError
+from genforge.train.trainer import fit
+from serving import LiveServer, train_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory) -> Path:
+    return train_runs(tmp_path_factory.mktemp("cli"), ("tiny-gpt",))["tiny-gpt"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command(gpt_run):
+    port = _port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GENFORGE_API_KEY": "k3y"}
+    proc = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(gpt_run), "--port", str(port),
+                             "--workers", "1", "--max-tokens", "50"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    pytest.fail("the server did not start:\n" + proc.communicate()[0])
+                time.sleep(0.2)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
+        r = c.completions.create(model=gpt_run.name, prompt="KING:", max_tokens=20, seed=0)
+        assert r.usage.completion_tokens == 20
+        with pytest.raises(openai.BadRequestError, match="at most 50"):  # --max-tokens applied
+            c.completions.create(model=gpt_run.name, prompt="KING:", max_tokens=51)
+        with pytest.raises(openai.AuthenticationError):  # key from GENFORGE_API_KEY
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"serving {gpt_run.name}: text-generation" in out
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path, gpt_run):
+    r = subprocess.run([sys.executable, "-m", "genforge", "serve", str(tmp_path / "nope")],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 2 and "is not a genforge run" in r.stderr
+    # a reinforcement-learning run has no HTTP task
+    rl = get_recipe("reinforce")
+    fit("reinforce", make_config(rl, {**rl.TEST_CONFIG, "plots": False}), tmp_path / "rl", log=lambda s: None)
+    with pytest.raises(RunError, match="cannot serve"):
+        load_models([tmp_path / "rl"])
+    # two runs with one name would share a model id
+    import shutil
+
+    twin = tmp_path / "other" / gpt_run.name
+    shutil.copytree(gpt_run, twin)
+    with pytest.raises(RunError, match="rename"):
+        load_models([gpt_run, twin])
+
+
+def test_chat_template_file(tmp_path, gpt_run):
+    assert load_chat_template(tmp_path) == ChatTemplate()
+    (tmp_path / "chat_template.json").write_text(json.dumps({"user": "Q: {content}\n", "generation": "A:",
+                                                              "stop": ["\nQ:"]}))
+    t = load_chat_template(tmp_path)
+    assert t.render([("user", "hi")]) == "Q: hi\nA:" and t.stop == ("\nQ:",)
+    (tmp_path / "chat_template.json").write_text(json.dumps({"usr": "x"}))
+    with pytest.raises(RunError, match="keys among"):
+        load_chat_template(tmp_path)
+    (tmp_path / "chat_template.json").write_text("{broken")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_chat_template(tmp_path)
+    # a run with a template answers chat with it
+    import shutil
+
+    run = tmp_path / "templated"
+    shutil.copytree(gpt_run, run)
+    (run / "chat_template.json").write_text(json.dumps({"user": "Q: {content}\n", "generation": "A:"}))
+    with LiveServer([run]) as s:
+        r = httpx.post(s.url + "/v1/chat/completions", json={
+            "model": "templated", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len("Q: hi\nA:")
