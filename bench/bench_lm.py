@@ -176,12 +176,13 @@ def _bench_std(out_root: Path, seed: int) -> None:
 
 
 def bench_kv(preset: str = "gpt-shakespeare", prompt_len: int = 128, new: int = 128,
-             repeats: int = 3) -> None:
+             repeats: int = 3, width: int = 0) -> None:
     """Same model, same seed: tokens/s generating `new` tokens after a `prompt_len` prompt
     (the context grows to prompt_len + new = 256) with and without the KV cache."""
     print(f"\n[kv] start, {load()}", flush=True)
     _, recipe, ov = resolve(preset)
-    cfg = C.make_config(recipe, {**ov, "model.block_size": prompt_len + new})
+    extra = {"model.n_embd": width} if width else {}
+    cfg = C.make_config(recipe, {**ov, "model.block_size": prompt_len + new, **extra})
     torch.manual_seed(0)
     model = recipe.build(cfg).eval()
     prompt = torch.randint(0, cfg.model_cfg.vocab_size, (1, prompt_len))
@@ -208,7 +209,7 @@ def bench_kv(preset: str = "gpt-shakespeare", prompt_len: int = 128, new: int = 
     speedup = res[True] / res[False]
     gpt = cfg.model == "gpt"
     arch = f"{mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d" if gpt else f"{mc.cell} {mc.n_layer}x{mc.hidden_size}"
-    table(f"Generation speed, {preset} architecture ({arch}), "
+    table(f"Generation speed, {preset} architecture{' at width ' + str(width) if width else ''} ({arch}), "
           f"batch 1, prompt {prompt_len} + {new} new tokens = {prompt_len + new}-token context", [
         ("tokens/s with KV cache" if gpt else "tokens/s carrying the hidden state",
          f"{res[True]:,.0f}", "best thread count"),
@@ -324,6 +325,8 @@ def main() -> None:
     ap.add_argument("parts", nargs="*", default=["std", "kv"], help="std kv profile gpt15 rnn15")
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--threads", default="auto", help="intra-op threads: auto (probe 1 vs all) or N")
+    ap.add_argument("--kv-widths", default="", help="kv: also the gpt-shakespeare architecture at these "
+                    "widths (e.g. 256,384): how the speed-up grows with the model")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds for `std`")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "lm")
     args = ap.parse_args()
@@ -338,6 +341,8 @@ def main() -> None:
         elif part == "kv":
             bench_kv("gpt-shakespeare")
             bench_kv("gru-shakespeare")
+            for w in [int(x) for x in args.kv_widths.split(",") if x]:
+                bench_kv("gpt-shakespeare", width=w)
         elif part == "profile":
             bench_profile()
         elif part == "gpt15":

@@ -129,7 +129,7 @@ def main() -> None:
     print(f"\n# genforge serve: {args.run.name} ({model}), {args.tokens} new tokens per request, prompt 'ROMEO:', "
           f"stream=true, temperature 0.8")
     print(f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, server --workers {args.workers} "
-          f"(1 torch thread each), clients in a second process on the same cores, "
+          f"({max(1, (os.cpu_count() or 1) // args.workers)} torch thread(s) each), clients in a second process on the same cores, "
           f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load avg {os.getloadavg()[0]:.2f}")
     print(f"{'concurrent streams':>18}  {'failed':>6}  {'TTFT p50':>9}  {'TTFT p95':>9}  "
           f"{'tokens/s per stream':>19}  {'tokens/s total':>14}  {'wall':>7}")

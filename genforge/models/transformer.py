@@ -98,10 +98,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)
-        q = q.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        # one view + permute instead of a split and three view/transpose pairs: generation
+        # runs this once per token, where every op's dispatch cost counts
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, nh, pos+T, hs)
         p = self.attn_dropout if self.training else 0.0
@@ -116,8 +115,9 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
             y = causal_attention(q, k, v, dropout_p=p)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
-        return self.resid_dropout(self.proj(y))
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        y = self.proj(y)
+        return self.resid_dropout(y) if self.training else y
 
 
 class MLP(nn.Module):
@@ -128,7 +128,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        y = self.proj(F.gelu(self.fc(x)))
+        return self.dropout(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -208,8 +209,9 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + t} tokens is longer than the context ({self.cfg.block_size})"
             )
-        pos = torch.arange(start, start + t, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.tok_emb(idx) + self.pos_emb.weight[start:start + t]  # (B, T, C)
+        if self.training:
+            x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
