@@ -71,8 +71,8 @@ class Config(TrainConfig):
 # model that sees more tokens beats a larger one that sees fewer (Hoffmann et al. 2022).
 PRESETS = {
     "gpt-shakespeare": (
-        {"model": "gpt", "data": "tinyshakespeare", "max_steps": 2500, "batch_size": 16,
-         "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 200, "eval_every": 500,
+        {"model": "gpt", "data": "tinyshakespeare", "max_steps": 8000, "batch_size": 16,
+         "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 200, "eval_every": 1600,
          "eval_batches": 40, "model.block_size": 128, "model.n_layer": 4, "model.n_head": 4,
          "model.n_embd": 128, "model.dropout": 0.0, "sample_prompt": "ROMEO:"},
         "character-level GPT (4 layers, 128 wide, context 128) on Tiny Shakespeare, ~15 min on 2 CPU cores"),
