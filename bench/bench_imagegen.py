@@ -73,6 +73,24 @@ def train_classifier(out: Path) -> Path:
     return out
 
 
+def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
+    """FID / IS / class-consistency of one diffusion run at several guidance scales."""
+    recipe, cfg, model = load_run(run)
+    rows = []
+    for g in [float(x) for x in args.guidances.split(",")]:
+        t0 = time.perf_counter()
+        q = recipe.quality_metrics(model, cfg, "test", n=args.n_eval, classifier=str(clf_dir),
+                                   steps=args.steps, guidance=g)
+        rows.append((g, q, time.perf_counter() - t0))
+        log(f"guidance {g}: {json.dumps(q)} ({rows[-1][2]:.0f}s)")
+    print(f"\nguidance sweep: {run} (DDIM {args.steps} steps), features {clf_dir}, n={args.n_eval}, "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
+    print("| guidance | FID (genforge feats) | IS analogue | class-consistency | eval time |")
+    print("|---|---|---|---|---|")
+    for g, q, dt in rows:
+        print(f"| {g:g} | {q['fid']:.2f} | {q['is']:.2f} | {q['class_consistency'] * 100:.1f}% | {dt:.0f} s |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", nargs="+", default=["vae=20", "gan=20", "diffusion=20"],
@@ -84,8 +102,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
     ap.add_argument("--docs", action="store_true", help="copy the final sample grids to docs/")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sweep", default="", help="only evaluate this trained diffusion run at each "
+                    "--guidances value (FID / IS / class-consistency vs guidance); needs --classifier")
+    ap.add_argument("--guidances", default="1,2,3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sweep:
+        return guidance_sweep(Path(args.sweep), Path(args.classifier), args)
     budgets = {k: float(v) for k, v in (m.split("=") for m in args.minutes)}
     unknown = set(budgets) - set(FAMILIES)
     if unknown:
