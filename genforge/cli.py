@@ -247,8 +247,19 @@ def serve(
     from genforge.serve.engine import Limits, load_models, torch_threads_for
     from genforge.train.device import resolve_device
 
+    import socket
+
+    from genforge.config import ConfigError
+
     if workers < 1 or max_pending < 1:
         raise typer.BadParameter("--workers and --max-pending must be at least 1")
+    try:  # a taken port fails here, before the models load and anything is announced
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port "
+                          "or stop what uses it") from None
     torch.set_num_threads(torch_threads_for(workers))
     models = load_models(runs, checkpoint, str(resolve_device(device)))
     limits = Limits(workers=workers, max_pending=max_pending, max_tokens=max_tokens,

@@ -25,3 +25,12 @@ def _few_threads():
 @pytest.fixture
 def data_root() -> Path:
     return Path(os.environ["GENFORGE_DATA"])
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory) -> dict:
+    """The tiny real runs the serving tests load (tests/serving.py), trained once per test
+    process and only read afterwards."""
+    from serving import train_runs
+
+    return train_runs(tmp_path_factory.mktemp("serve-runs"))

@@ -17,12 +17,12 @@ from PIL import Image
 from genforge.generate.sampling import SamplingConfig, generate_text
 from genforge.serve.chat import PLAIN
 from genforge.serve.engine import Limits
-from serving import LiveServer, train_runs
+from serving import LiveServer
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return train_runs(tmp_path_factory.mktemp("serve"))
+def runs(serve_runs):
+    return serve_runs
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,8 @@ def test_models_list(client, runs):
     assert ids == set(runs)
     m = client.models.retrieve("tiny-gpt")
     assert m.owned_by == "genforge" and m.model_extra["genforge"]["context_length"] == 64
+    assert m.model_extra["genforge"]["max_prompt_tokens"] == 64  # the GPT's context
+    assert client.models.retrieve("tiny-gru").model_extra["genforge"]["max_prompt_tokens"] == 4096
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
 

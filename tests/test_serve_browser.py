@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from genforge.serve.engine import Limits
-from serving import LiveServer, train_runs
+from serving import LiveServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
@@ -15,9 +15,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    runs = train_runs(tmp_path_factory.mktemp("browser"), ("tiny-gpt", "tiny-vae", "tiny-digits"))
-    with LiveServer(list(runs.values()), Limits(workers=2, max_tokens=4000)) as s:
+def live(serve_runs):
+    runs = [serve_runs[k] for k in ("tiny-gpt", "tiny-vae", "tiny-digits")]
+    with LiveServer(runs, Limits(workers=2, max_tokens=4000)) as s:
         yield s
 
 

@@ -19,14 +19,14 @@ from genforge.serve.chat import ChatTemplate, load_chat_template
 from genforge.serve.engine import load_models
 from genforge.train.checkpoint import RunError
 from genforge.train.trainer import fit
-from serving import LiveServer, train_runs
+from serving import LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def gpt_run(tmp_path_factory) -> Path:
-    return train_runs(tmp_path_factory.mktemp("cli"), ("tiny-gpt",))["tiny-gpt"]
+def gpt_run(serve_runs) -> Path:
+    return serve_runs["tiny-gpt"]
 
 
 def _port() -> int:
@@ -39,7 +39,7 @@ def test_serve_command(gpt_run):
     port = _port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GENFORGE_API_KEY": "k3y"}
     proc = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(gpt_run), "--port", str(port),
-                             "--workers", "1", "--max-tokens", "50"],
+                             "--workers", "1", "--max-tokens", "50", "--max-prompt-tokens", "20"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -58,6 +58,11 @@ def test_serve_command(gpt_run):
         assert r.usage.completion_tokens == 20
         with pytest.raises(openai.BadRequestError, match="at most 50"):  # --max-tokens applied
             c.completions.create(model=gpt_run.name, prompt="KING:", max_tokens=51)
+        # --max-prompt-tokens applied, and reported in the model list
+        assert c.models.retrieve(gpt_run.name).model_extra["genforge"]["max_prompt_tokens"] == 20
+        c.completions.create(model=gpt_run.name, prompt="x" * 20, max_tokens=1)
+        with pytest.raises(openai.BadRequestError, match="20 tokens"):
+            c.completions.create(model=gpt_run.name, prompt="x" * 21, max_tokens=1)
         with pytest.raises(openai.AuthenticationError):  # key from GENFORGE_API_KEY
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
     finally:
@@ -70,6 +75,14 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, gpt_run):
     r = subprocess.run([sys.executable, "-m", "genforge", "serve", str(tmp_path / "nope")],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert r.returncode == 2 and "is not a genforge run" in r.stderr
+    # a port already in use: one clear error, before anything is announced
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = subprocess.run([sys.executable, "-m", "genforge", "serve", str(gpt_run), "--port",
+                            str(taken.getsockname()[1])], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "serving" not in r.stdout
     # a reinforcement-learning run has no HTTP task
     rl = get_recipe("reinforce")
     fit("reinforce", make_config(rl, {**rl.TEST_CONFIG, "plots": False}), tmp_path / "rl", log=lambda s: None)

@@ -9,15 +9,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from genforge.serve.engine import Limits
-from serving import LiveServer, train_runs
+from serving import LiveServer
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    runs = train_runs(tmp_path_factory.mktemp("fuzz"),
-                      ("tiny-gpt", "tiny-vae", "tiny-diffusion", "tiny-sentiment", "tiny-digits"))
+def live(serve_runs):
+    runs = [serve_runs[k] for k in ("tiny-gpt", "tiny-vae", "tiny-diffusion", "tiny-sentiment", "tiny-digits")]
     # small limits: the fuzzer asks for as much as the schema allows
-    with LiveServer(list(runs.values()), Limits(workers=2, max_tokens=24, max_n=2, max_images=2)) as s:
+    with LiveServer(runs, Limits(workers=2, max_tokens=24, max_n=2, max_images=2)) as s:
         yield s
 
 

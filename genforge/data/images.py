@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ _IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 
 def load_image(path: str | Path | bytes, channels: int | None = None,
                size: tuple[int, int] | None = None) -> torch.Tensor:
-    """One image file (or its encoded bytes) -> uint8 tensor (C, H, W). `channels` 1 or 3 converts; `size` (H, W)
-    resizes with bilinear filtering."""
+    """One image file (or its encoded bytes) -> uint8 tensor (C, H, W). `channels` 1 or 3
+    converts; `size` (H, W) resizes with bilinear filtering."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(path, (bytes, bytearray)):  # an encoded image already in memory

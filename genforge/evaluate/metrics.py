@@ -51,10 +51,12 @@ def evaluate_classifier(model, batches, n_classes: int) -> dict:
 
 
 def top_predictions(probs: torch.Tensor, classes: list[str], inputs: list, top: int = 3) -> list[dict]:
-    """Class probabilities (N, C) -> [{input, label, probability, top: [(label, p), ...]}]."""
+    """Class probabilities (N, C) -> [{input, label, probability, top: [(label, p), ...]}].
+    `input` is each input as text (a path, a text), or "image i" for encoded image bytes."""
     out = []
-    for name, p in zip(inputs, probs.float().cpu()):
+    for i, (item, p) in enumerate(zip(inputs, probs.float().cpu())):
         vals, idx = p.topk(max(1, min(top, len(classes))))
+        name = f"image {i}" if isinstance(item, (bytes, bytearray)) else str(item)
         out.append({"input": name, "label": classes[idx[0]], "probability": vals[0].item(),
                     "top": [(classes[i], v.item()) for v, i in zip(vals, idx)]})
     return out

@@ -199,9 +199,11 @@ def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
                 **overrides: Any) -> Iterator[str]:
     """Yield the continuation of `prompt` piece by piece as it is generated (batch of one).
 
-    Decoding is done on the whole continuation so that byte-level tokens that split a
-    UTF-8 character are shown only once the character is complete; a stop string ends the
-    stream and is not yielded. `stats`, when given, is kept up to date with
+    Decoding covers every token since the last point where all text so far had been shown
+    (so a byte-level token that splits a UTF-8 character is shown only once the character is
+    complete, and a partial stop string is held back), not the whole continuation: the
+    per-token cost stays flat however long the stream. A stop string ends the stream and is
+    not yielded. `stats`, when given, is kept up to date with
     `completion_tokens` (tokens sampled so far) and, once the stream ends, `finish_reason`:
     "stop" (a stop string) or "length" (max_new_tokens)."""
     cfg = SamplingConfig(**{**(vars(cfg) if cfg else {}), **overrides})
@@ -210,12 +212,13 @@ def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
     stops = [s for s in cfg.stop if s]
     ids = torch.tensor([_prompt_ids(tokenizer, prompt)], dtype=torch.long)
     generated: list[int] = []
-    shown = 0  # characters of the decoded continuation already yielded
+    base = 0  # tokens before this were decoded and shown in full (nothing held back)
+    shown = 0  # characters of decode(generated[base:]) already yielded
     text = ""
     for tok in sample_tokens(model, ids, cfg):
         generated.append(int(tok[0]))
         stats["completion_tokens"] = len(generated)
-        text = tokenizer.decode(generated)
+        text = tokenizer.decode(generated[base:])
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
             continue
         cut = _first_stop(text, stops, shown)
@@ -228,6 +231,8 @@ def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
         if safe > shown:
             yield text[shown:safe]
             shown = safe
+        if shown == len(text):  # all shown: no stop string can straddle this point
+            base, shown, text = len(generated), 0, ""
     cut = _first_stop(text, stops, shown)
     stats["finish_reason"] = "stop" if cut >= 0 else "length"
     end = cut if cut >= 0 else len(text)

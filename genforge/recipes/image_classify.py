@@ -207,11 +207,7 @@ def classify(model, cfg: Config, images: list, top: int = 3) -> list[dict]:
     device = next(model.parameters()).device
     x = torch.stack([load_image(p, cfg.channels, (cfg.height, cfg.width)) for p in images])
     probs = F.softmax(model(_normalize(x, cfg).to(device)).float(), dim=-1)
-    return top_predictions(probs, cfg.classes, [_name(p, i) for i, p in enumerate(images)], top)
-
-
-def _name(item, i: int) -> str:
-    return f"image {i}" if isinstance(item, (bytes, bytearray)) else str(item)
+    return top_predictions(probs, cfg.classes, images, top)
 
 
 def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:

@@ -14,16 +14,13 @@ import torch.nn.functional as F
 
 from genforge.config import TrainConfig
 from genforge.data import registry
-from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.batching import SPLIT_SEED, ShuffledBatches, carve, sequential_batches
 from genforge.data.idx import read_idx
 from genforge.data.images import load_image
 from genforge.evaluate.metrics import evaluate_classifier, top_predictions
 from genforge.models.seq_image import RowSequenceClassifier, SeqImageConfig
 
 MODELS = {"rnn": (SeqImageConfig, RowSequenceClassifier)}  # the cell is `model.cell`
-
-SPLIT_SEED = 1234  # fixed carving of validation (and MNIST's test-only fallback)
-
 
 TASK = "image-classification"  # what `genforge serve` offers: POST /v1/classifications
 
@@ -99,10 +96,8 @@ def _splits(cfg: Config) -> dict:
     x, y = raw["train"]
     if cfg.train_limit:
         x, y = x[: cfg.train_limit], y[: cfg.train_limit]
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED + 1))
-    k = int(round(len(x) * cfg.val_fraction))
-    return {"train": (x[perm[k:]], y[perm[k:]]), "val": (x[perm[:k]], y[perm[:k]]),
-            "test": raw["test"]}
+    rest, val = carve(len(x), cfg.val_fraction, SPLIT_SEED + 1)
+    return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}
 
 
 def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -146,7 +141,8 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
 
 
 def load_inputs(cfg: Config, paths: list) -> torch.Tensor:
-    """Image files (or encoded image bytes) -> normalised (N, H, W) model inputs (grey, resized to the training size)."""
+    """Image files (or encoded image bytes) -> normalised (N, H, W) model inputs (grey,
+    resized to the training size)."""
     x = torch.stack([load_image(p, 1, (cfg.height, cfg.width))[0] for p in paths])
     return _normalize(x, cfg)
 
@@ -156,8 +152,7 @@ def classify(model, cfg: Config, images: list, top: int = 3) -> list[dict]:
     """Images (encoded PNG/JPEG bytes or file paths) -> [{input, label, probability, top}]."""
     device = next(model.parameters()).device
     probs = model(load_inputs(cfg, images).to(device)).float().softmax(-1)
-    names = [f"image {i}" if isinstance(p, (bytes, bytearray)) else str(p) for i, p in enumerate(images)]
-    return top_predictions(probs, cfg.classes, names, top)
+    return top_predictions(probs, cfg.classes, images, top)
 
 
 def predict(model, cfg: Config, inputs: list[str], top: int = 3) -> list[dict]:

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import binascii
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -200,8 +201,6 @@ def _usage(prompt_tokens: int, stats: list[dict]) -> dict:
 
 
 def _sse(obj: Any) -> bytes:
-    import json
-
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -238,19 +237,16 @@ def _match_label(m: ServedModel, prompt: str) -> int | None:
     the prompt as whole words (case-insensitive). None = no class asked for."""
     cfg = m.cfg
     text = prompt.strip().lower()
-    if not cfg.conditional:
+    if not cfg.conditional or text in ("", "random", "any", "*"):
         return None
-    names = [c.lower() for c in cfg.classes]
-    if text in ("", "random", "any", "*"):
-        return None
-    if text in names:
-        return names.index(text)
-    hits = [(len(n), i) for i, n in enumerate(names)
+    try:  # a class name or index, as `genforge generate --label` takes it
+        return m.recipe.parse_label(cfg, text)
+    except ConfigError:
+        pass
+    hits = [(len(n), i) for i, n in enumerate(c.lower() for c in cfg.classes)
             if re.search(r"(?<![\w-])" + re.escape(n) + r"(?![\w-])", text)]
     if hits:
         return max(hits)[1]
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
     raise APIError(400, f"prompt: {prompt!r} names no class of this model; use one of: "
                    + ", ".join(cfg.classes) + " (or an empty prompt for a random class)",
                    param="prompt", code="unknown_class")
@@ -399,14 +395,14 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None,
 
     @app.get("/v1/models")
     def list_models() -> dict:
-        return {"object": "list", "data": [m.info() for m in models.values()]}
+        return {"object": "list", "data": [m.info(limits) for m in models.values()]}
 
     @app.get("/v1/models/{model_id}")
     def get_model(model_id: str) -> dict:
         if model_id not in models:
             raise APIError(404, f"the model {model_id!r} does not exist; served models: "
                            + ", ".join(sorted(models)), param="model", code="model_not_found")
-        return models[model_id].info()
+        return models[model_id].info(limits)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -518,6 +514,15 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None,
 
         return SSEResponse(events(), on_close=batch.cancel)
 
+    async def run_one(job, request: Request):
+        """Run a one-result job (a generator yielding once) in the pool; None if the client
+        went away first (the job is then cancelled)."""
+        batch = pool.submit([(0, job)], asyncio.get_running_loop())
+        result = None
+        async for _, result in batch.items(poll=request.is_disconnected):
+            pass
+        return result
+
     @app.post("/v1/images/generations")
     async def images(req: ImageRequest, request: Request):
         if req.model is None:
@@ -547,10 +552,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None,
                 raise APIError(400, str(e)) from None
             yield [png_bytes(make_grid(img[None], nrow=1, padding=0)) for img in images]
 
-        batch = pool.submit([(0, work())], asyncio.get_running_loop())
-        pngs = None
-        async for _, pngs in batch.items(poll=request.is_disconnected):
-            pass
+        pngs = await run_one(work(), request)
         if pngs is None:
             return JSONResponse({}, status_code=499)
         revised = cfg.classes[label] if label is not None else ("random class" if cfg.conditional else "unconditional")
@@ -582,10 +584,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None,
             except DataError as e:
                 raise APIError(400, f"input: {e}", param="input") from None
 
-        batch = pool.submit([(0, work())], asyncio.get_running_loop())
-        results = None
-        async for _, results in batch.items(poll=request.is_disconnected):
-            pass
+        results = await run_one(work(), request)
         if results is None:
             return JSONResponse({}, status_code=499)
         data = [{"index": i, "label": r["label"], "score": r["probability"],

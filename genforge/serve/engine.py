@@ -81,13 +81,13 @@ class ServedModel:
     tokenizer: Any = None  # text-generation models
     chat_template: Any = None
 
-    def info(self) -> dict:
+    def info(self, limits: Limits) -> dict:
         """The /v1/models entry (OpenAI fields + a `genforge` block the playground reads)."""
         extra: dict[str, Any] = {"task": self.task, "recipe": self.recipe_name,
                                  "architecture": self.cfg.model}
         if self.task == "text-generation":
             extra["context_length"] = self.context_length
-            extra["max_prompt_tokens"] = self.prompt_limit(Limits())
+            extra["max_prompt_tokens"] = self.prompt_limit(limits)
         classes = getattr(self.cfg, "classes", None)
         if classes:
             extra["classes"] = list(classes)
