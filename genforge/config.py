@@ -42,6 +42,8 @@ class TrainConfig:
     l1: float = 0.0  # explicit penalty l1 * sum|w| added to the loss
     l2: float = 0.0  # explicit penalty l2 * sum w^2 added to the loss (J + lambda * sum w^2)
     grad_clip: float = 0.0  # max global grad norm; 0 = off
+    ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999), 0 = off; when on,
+    # evaluation, samples, best.safetensors and `genforge generate` use the averaged weights
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -147,6 +147,34 @@ def test_diffusion_loss_trains():
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
 
 
+def test_min_snr_weighting_matches_its_formula():
+    """Min-SNR-gamma: loss = mean_i min(SNR_t, gamma) / SNR_t * ||eps_i - eps_theta||^2, which
+    is the plain objective when gamma exceeds every timestep's SNR."""
+    cfg = dict(base_channels=8, timesteps=100, image_size=8, channel_mult=(1, 2))
+    x = torch.rand(32, 1, 8, 8)
+    plain = Diffusion(DiffusionConfig(**cfg))
+    for gamma in (5.0, 1e9):
+        weighted = Diffusion(DiffusionConfig(**cfg, min_snr_gamma=gamma))
+        weighted.load_state_dict(plain.state_dict())
+        torch.manual_seed(1)
+        out = weighted(x)
+        # replay the same draws: t, then noise
+        torch.manual_seed(1)
+        t = torch.randint(0, 100, (32,))
+        noise = torch.randn_like(x)
+        with torch.no_grad():
+            pred = plain.net(plain.q_sample(x * 2 - 1, t, noise), t, None)
+        err = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        snr = plain.abar[t] / (1 - plain.abar[t])
+        w = (snr.clamp(max=gamma) / snr).float()
+        assert torch.allclose(out["loss"], (w * err).mean(), rtol=1e-5)
+        assert torch.allclose(out["eps_mse"], err.mean(), rtol=1e-5)
+        if gamma == 1e9:
+            assert torch.allclose(out["loss"], err.mean(), rtol=1e-5)
+        else:  # the low-noise timesteps (SNR > gamma) are down-weighted
+            assert (w[snr > gamma] < 1).all() and (w[snr <= gamma] == 1).all()
+
+
 # ---------------------------------------------------------------------------------------
 # GAN
 

@@ -89,3 +89,55 @@ def test_curves_png_and_tensorboard(tmp_path):
     png = run / "plots" / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((run / "tensorboard").iterdir())
+
+
+def test_ema_follows_its_formula():
+    from genforge.train.ema import EMA
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(m, 0.9)
+    expect = [p.detach().clone() for p in m.parameters()]
+    for t in range(1, 30):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p))
+        m.train()(torch.randn(4, 3))  # moves BatchNorm's running statistics
+        ema.update(m)
+        d = min(0.9, (1 + t) / (10 + t))
+        expect = [d * e + (1 - d) * p.detach() for e, p in zip(expect, m.parameters())]
+    for e, a in zip(expect, ema.model.parameters()):
+        assert torch.allclose(e, a, atol=1e-6)
+    # buffers are copied, not averaged
+    assert torch.equal(ema.model[1].running_mean, m[1].running_mean)
+    assert ema.model[0].weight.requires_grad is False
+
+
+def test_ema_run_is_evaluated_saved_and_resumed_exactly(tmp_path):
+    cfg = lambda: _cfg(ema=0.9)  # noqa: E731
+    full = fit("image-classify", cfg(), tmp_path / "full", **QUIET)
+    fit("image-classify", cfg(), tmp_path / "split", stop_at=4, **QUIET)
+    fit("image-classify", cfg(), tmp_path / "split", resume=True, **QUIET)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(full / name), load_file(tmp_path / "split" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    raw, avg = load_file(full / "model.safetensors"), load_file(full / "ema.safetensors")
+    weights = [k for k in raw if k.endswith("weight")]
+    assert weights and all(not torch.equal(raw[k], avg[k]) for k in weights)
+    # the run's "last" model is the average, and best.safetensors holds an evaluated average
+    _, _, model = ckpt.load_run(full, "last")
+    for k, v in model.state_dict().items():
+        if k in avg:
+            assert torch.equal(v, avg[k]), k
+    assert ckpt.weights_path(full, "last").name == "ema.safetensors"
+
+
+def test_ema_errors_are_clear(tmp_path):
+    from genforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ema=1.5"):
+        fit("image-classify", _cfg(ema=1.5), tmp_path / "bad", **QUIET)
+    assert not (tmp_path / "bad").exists()  # nothing written
+    fit("image-classify", _cfg(), tmp_path / "plain", stop_at=2, **QUIET)
+    with pytest.raises(ckpt.RunError, match="without a weight average"):
+        fit("image-classify", _cfg(ema=0.9), tmp_path / "plain", resume=True, **QUIET)

@@ -81,7 +81,8 @@ PRESETS = {
                     "conditional DCGAN (projection discriminator) on Fashion-MNIST"),
     "diffusion-fashion": ({"model": "diffusion", "data": "fashion-mnist", "max_steps": 2000,
                            "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_every": 1000,
-                           "eval_batches": 20, "grad_clip": 1.0},
+                           "eval_batches": 20, "grad_clip": 1.0, "ema": 0.999,
+                           "model.min_snr_gamma": 5.0},
                           "conditional DDPM U-Net with classifier-free guidance, DDIM sampling"),
 }
 
@@ -403,7 +404,7 @@ def quality_metrics(model, cfg: Config, split: str = "test", n: int = 1000, seed
 @torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
     """Cheap family loss on `split` (VAE: negative ELBO in nats per image; diffusion: the
-    eps-MSE at random t; GAN: a Jensen-Shannon estimate from D's held-out loss, a proxy that
+    (weighted) eps-MSE at random t; GAN: a Jensen-Shannon estimate from D's held-out loss, a proxy that
     only means something while D is near its optimum, plus D(x), D(G(z)) and both losses), plus FID / IS analogue / class-consistency when
     `classifier` is set. Random draws are seeded, so evaluations are comparable."""
     fam = _family(model)
@@ -421,8 +422,8 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
                 nelbo = m.negative_elbo(x, yy)
                 parts = m(x, yy)
                 vals = {"loss": nelbo.sum(), "recon": parts["recon"] * b, "kl": parts["kl"] * b}
-            elif fam == "diffusion":
-                vals = {"loss": m(x, yy)["loss"] * b}
+            elif fam == "diffusion":  # loss (Min-SNR weighted if set) and the plain eps-MSE
+                vals = {k: v * b for k, v in m(x, yy).items()}
             else:
                 fake = m.generator(m.noise(b), yy)
                 d = m.d_loss(x * 2 - 1, fake, yy)

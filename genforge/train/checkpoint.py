@@ -91,6 +91,10 @@ def weights_path(run_dir: Path, which: str = "best") -> Path:
     best, last = run_dir / "best.safetensors", run_dir / "model.safetensors"
     if which == "best" and best.is_file():
         return best
+    # a run trained with `ema` keeps its averaged weights beside the raw ones (which resume
+    # needs); the average is the model to use
+    if (run_dir / "ema.safetensors").is_file():
+        return run_dir / "ema.safetensors"
     if last.is_file():
         return last
     raise RunError(f"{run_dir} has no saved weights (model.safetensors); it may still be "

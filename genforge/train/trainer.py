@@ -20,6 +20,7 @@ from genforge import config as C
 from genforge.recipes import get_recipe
 from genforge.train import checkpoint as ckpt
 from genforge.train.device import autocast, resolve_device, seed_everything, to_device
+from genforge.train.ema import EMA, check_decay
 from genforge.train.optim import make_optimizer, make_scheduler, penalty
 
 
@@ -50,6 +51,8 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     would (used to test that resuming is exact)."""
     recipe = get_recipe(recipe_name)
     out_dir = Path(out_dir)
+    if cfg.ema:
+        check_decay(cfg.ema)  # before anything is written
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
                             "to continue it, or choose another --out (nothing was overwritten)")
@@ -67,6 +70,15 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     if state is not None:
         ckpt.load_weights(model, out_dir / "model.safetensors")
         step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    if ema is not None and state is not None:
+        if "ema_updates" not in state:
+            raise ckpt.RunError(f"cannot resume {out_dir} with ema={cfg.ema}: it was trained "
+                                "without a weight average (start a new run instead)")
+        ckpt.load_weights(ema.model, out_dir / "ema.safetensors")
+        ema.updates = state["ema_updates"]
+    # what evaluation, samples and best.safetensors use: the averaged weights when there are any
+    eval_model = ema.model if ema is not None else model
 
     batches = recipe.batches(cfg, "train", start_step=step, model=model)
     steps_per_epoch = getattr(batches, "steps_per_epoch", None)
@@ -96,6 +108,9 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
               "schedulers": {k: s.state_dict() for k, s in scheds.items()}}
         if hasattr(recipe, "extra_state"):
             st["extra"] = recipe.extra_state(model, cfg)
+        if ema is not None:
+            ckpt.save_weights(ema.model, out_dir / "ema.safetensors")
+            st["ema_updates"] = ema.updates
         ckpt.save_trainer_state(out_dir / "trainer_state.pt", st)
 
     bar = _progress(total, step)
@@ -123,6 +138,8 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
             opt.zero_grad(set_to_none=True)
         for s in scheds.values():
             s.step()
+        if ema is not None:
+            ema.update(model)
         step += 1
         # accumulate detached tensors; .item() only when logging (avoids a sync per step)
         for k, v in out.items():
@@ -144,9 +161,9 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
         bar.update(1)
 
         if step % eval_every == 0 or step == total:
-            model.eval()
+            eval_model.eval()
             with torch.no_grad(), autocast(device):
-                ev = {f"val_{k}": float(v) for k, v in recipe.evaluate(model, cfg, "val").items()
+                ev = {f"val_{k}": float(v) for k, v in recipe.evaluate(eval_model, cfg, "val").items()
                       if isinstance(v, (int, float))}
             rec = {"step": step, **ev}
             _append_jsonl(metrics_path, rec)
@@ -158,11 +175,11 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
                                     f"choose one of: {', '.join(ev)}")
             if _is_better(value, best, cfg.metric_mode):
                 best, bad_evals = value, 0
-                ckpt.save_weights(model, out_dir / "best.safetensors")
+                ckpt.save_weights(eval_model, out_dir / "best.safetensors")
             else:
                 bad_evals += 1
             if hasattr(recipe, "log_samples"):
-                text = recipe.log_samples(model, cfg, out_dir, step)
+                text = recipe.log_samples(eval_model, cfg, out_dir, step)
                 if text:
                     log(text)
             if cfg.patience and bad_evals >= cfg.patience:
