@@ -10,7 +10,8 @@ class-consistency).
 
 Each family trains for a wall-clock budget: a short timing probe measures seconds per step,
 then `max_steps = budget / (s/step)` (so the LR schedule knows its length); the table reports
-the actual time taken. Run it under the shared lock:
+the actual time taken. `--reuse FAMILY=RUN` puts an already trained run in the table instead
+(evaluated again with the same classifier and n). Run it under the shared lock:
 
   GENFORGE_DATA=/work/shared/data nohup flock /tmp/genforge-bench.lock \
       python bench/bench_imagegen.py --minutes vae=20 gan=20 diffusion=20 > /tmp/bench_imagegen.log 2>&1 &
@@ -91,6 +92,37 @@ def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
         print(f"| {g:g} | {q['fid']:.2f} | {q['is']:.2f} | {q['class_consistency'] * 100:.1f}% | {dt:.0f} s |")
 
 
+def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path, int, float]:
+    """Train FAMILY's preset for `budget` minutes -> (run, steps, wall seconds)."""
+    _, _, overrides = resolve(FAMILIES[fam])
+    overrides.pop("epochs", None)
+    cfg = C.make_config(recipe, {**overrides, "max_steps": 1, "classifier": ""})
+    sps = probe_seconds_per_step(recipe, cfg)
+    steps = max(10, int(budget * 60 / sps))
+    ov = {**overrides, "max_steps": steps, "eval_every": steps, "sample_grid": 100,
+          "sample_steps": args.steps, "guidance": args.guidance, "plots": True}
+    cfg = C.make_config(recipe, ov)
+    run = out / f"{fam}-{time.strftime('%H%M%S')}"
+    log(f"{fam}: probe {sps:.3f} s/step -> {steps} steps for {budget:g} min; run {run}")
+    t0 = time.perf_counter()
+    fit("image-generate", cfg, run, log=lambda s: None)
+    train_s = time.perf_counter() - t0
+    log(f"{fam}: trained {steps} steps in {train_s / 60:.1f} min")
+    return run, steps, train_s
+
+
+def logged_train_seconds(run: Path, cfg) -> float:
+    """Training seconds of a finished run from its metrics log (steps / logged speed; the
+    evaluations are not included)."""
+    seconds, last = 0.0, 0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "examples_per_s" in rec:
+            seconds += (rec["step"] - last) * cfg.batch_size * cfg.grad_accum / rec["examples_per_s"]
+            last = rec["step"]
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", nargs="+", default=["vae=20", "gan=20", "diffusion=20"],
@@ -105,12 +137,18 @@ def main() -> None:
     ap.add_argument("--sweep", default="", help="only evaluate this trained diffusion run at each "
                     "--guidances value (FID / IS / class-consistency vs guidance); needs --classifier")
     ap.add_argument("--guidances", default="1,2,3")
+    ap.add_argument("--reuse", nargs="*", default=[], metavar="FAMILY=RUN",
+                    help="put an already trained run of FAMILY in the table instead of training one "
+                    "(evaluated again here; its training time is read from its metrics log)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.sweep:
         return guidance_sweep(Path(args.sweep), Path(args.classifier), args)
     budgets = {k: float(v) for k, v in (m.split("=") for m in args.minutes)}
-    unknown = set(budgets) - set(FAMILIES)
+    reuse = {k: Path(v) for k, v in (m.split("=", 1) for m in args.reuse)}
+    for fam in reuse:
+        budgets.pop(fam, None)
+    unknown = (set(budgets) | set(reuse)) - set(FAMILIES)
     if unknown:
         sys.exit(f"unknown families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
     out = Path(args.out)
@@ -131,22 +169,18 @@ def main() -> None:
         f"classifier test accuracy {clf_acc:.4f}")
 
     rows = []
-    for fam, budget in budgets.items():
-        _, _, overrides = resolve(FAMILIES[fam])
-        overrides.pop("epochs", None)
-        cfg = C.make_config(recipe, {**overrides, "max_steps": 1, "classifier": ""})
-        sps = probe_seconds_per_step(recipe, cfg)
-        steps = max(10, int(budget * 60 / sps))
-        ov = {**overrides, "max_steps": steps, "eval_every": steps, "sample_grid": 100,
-              "sample_steps": args.steps, "guidance": args.guidance, "plots": True}
-        cfg = C.make_config(recipe, ov)
-        run = out / f"{fam}-{time.strftime('%H%M%S')}"
-        log(f"{fam}: probe {sps:.3f} s/step -> {steps} steps for {budget:g} min; run {run}")
-        t0 = time.perf_counter()
-        fit("image-generate", cfg, run, log=lambda s: None)
-        train_s = time.perf_counter() - t0
-        _, cfg, model = load_run(run, "last")
-        log(f"{fam}: trained {steps} steps in {train_s / 60:.1f} min")
+    for fam in FAMILIES:
+        if fam in reuse:
+            run = reuse[fam]
+            _, cfg, model = load_run(run, "last")
+            steps, train_s, budget = cfg.max_steps, logged_train_seconds(run, cfg), float("nan")
+            log(f"{fam}: reusing {run} ({steps} steps, {train_s / 60:.1f} min of logged training)")
+        elif fam in budgets:
+            budget = budgets[fam]
+            run, steps, train_s = train_family(recipe, fam, budget, out, args)
+            _, cfg, model = load_run(run, "last")
+        else:
+            continue
         # sampling time per 64 images (second call: first one warms up allocations)
         labels = torch.arange(64) % len(cfg.classes)
         recipe.generate_images(model, cfg, labels[:8], 8, args.steps, args.guidance)
@@ -184,7 +218,8 @@ def main() -> None:
           f"{clf_acc:.1%} (classifier acc.) | - | - |")
     for r in rows:
         nelbo = f"{r['neg_elbo']:.1f}" if "neg_elbo" in r else "-"
-        print(f"| {r['family']} | {r['budget_min']:g} min | {r['steps']} | {r['train_min']:.1f} min | "
+        budget = f"{r['budget_min']:g} min" if r["budget_min"] == r["budget_min"] else "reused run"
+        print(f"| {r['family']} | {budget} | {r['steps']} | {r['train_min']:.1f} min | "
               f"{r['fid']:.2f} | {r['is']:.2f} | {r['class_consistency']:.1%} | {nelbo} | "
               f"{r['sample_s_per_64']:.2f} |")
     print()
@@ -200,6 +235,9 @@ def main() -> None:
               f"(lowest: {best})")
     if any(b < 20 for b in budgets.values()):
         print("note: budgets below the 20-minute target budget; targets are judged at 20 minutes each")
+    for fam, run in reuse.items():
+        print(f"note: {fam} is the earlier run {run}, evaluated again here (its train time: "
+              "logged training steps, evaluations excluded)")
     (out / "results.json").write_text(json.dumps({"reference": ref, "classifier_accuracy": clf_acc,
                                                   "rows": rows}, indent=2))
 

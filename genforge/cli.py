@@ -206,6 +206,8 @@ def generate(
     steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG)"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
+    compile_: bool = typer.Option(False, "--compile", help="GPT: compile the decode step "
+                                  "(seconds once, then faster tokens; needs a C++ compiler)"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Generate text or images from a trained run."""
@@ -217,7 +219,7 @@ def generate(
     opts = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                 top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
                 stream=stream or None, n=n, label=label, guidance=guidance, steps=steps,
-                out=out, seed=seed)
+                out=out, seed=seed, compile=compile_ or None)
     recipe.cli_generate(model, cfg, run, **{k: v for k, v in opts.items() if v is not None})
 
 

@@ -1,5 +1,6 @@
 """Through the real command line: train a tiny language model, then `generate --stream`."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,16 @@ def test_generate_bad_option_is_a_clear_error(run):
     assert "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
     r = genforge("generate", str(run), "--prompt", "ROMEO:", "--guidance", "2")
     assert r.returncode == 2 and "unknown generation option 'guidance'" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_generate_compiled_decode_gives_the_same_text(run):
+    args = ["generate", str(run), "--prompt", "ROMEO:", "--max-tokens", "30", "--temperature",
+            "0.8", "--seed", "3"]
+    eager, compiled = genforge(*args), genforge(*args, "--compile")
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == eager.stdout
+    assert len(compiled.stdout) >= len("ROMEO:") + 30 and len(set(compiled.stdout[6:])) > 3
+    bad = genforge("generate", str(run), "--prompt", "x", "--compile", "--guidance", "2")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,5 +1,8 @@
 """Oracle tests for the language models: fused vs written-out attention, KV-cache / carried
 hidden state vs a full forward pass at every generation step."""
+import os
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,6 +95,26 @@ def test_gpt_step_past_context_rebuilds_cache():
     torch.testing.assert_close(tail, seq[:, 40 - tail.size(1):])
     # and its logits are exactly a full forward over that window
     torch.testing.assert_close(logits, m(tail)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                               reason="torch.compile on CPU needs a C++ compiler")
+
+
+@needs_cxx
+def test_compiled_decode_step_equals_full_forward_past_the_context():
+    """The torch.compile'd one-token step (whole cache, tail masked) gives the full forward's
+    logits at every step, through a cache rebuild when the context fills up, batch of 2."""
+    m = tiny_gpt()
+    torch.manual_seed(2)
+    seq = torch.randint(0, 37, (2, 40))
+    logits, cache = m.step(seq[:, :5], compiled=True)  # a prompt goes through the eager path
+    torch.testing.assert_close(logits, m(seq[:, :5])[:, -1], rtol=1e-5, atol=1e-5)
+    for t in range(5, 40):
+        logits, cache = m.step(seq[:, t:t + 1], cache, compiled=True)
+        # the oracle: a full forward over exactly what the cache holds
+        torch.testing.assert_close(logits, m(cache.tokens)[:, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cache.tokens, seq[:, 40 - cache.tokens.size(1):])
 
 
 def test_gpt_context_overflow_in_forward_is_a_clear_error():

@@ -28,6 +28,9 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL, Keskar et al. 2019)
     stop: list[str] = field(default_factory=list)  # stop at (and drop) the first of these strings
     seed: int | None = None
+    # GPT: run each one-token decode step through torch.compile (needs a C++ compiler on
+    # CPU; the first call compiles for seconds, then each token costs about half as much)
+    compile: bool = False
 
     def check(self) -> "SamplingConfig":
         if self.max_new_tokens < 0:
@@ -129,6 +132,9 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
     prompt: (B, T) token ids, T >= 1. `use_cache=False` re-runs the whole context (cropped to
     the model's context size) for every token."""
     cfg.check()
+    if cfg.compile and not hasattr(type(model), "_decode_one"):
+        raise ValueError(f"compile applies to GPT models; this is a {type(model).__name__} "
+                         "(recurrent models carry their state: their step is already one cell)")
     if prompt.dim() != 2 or prompt.size(1) == 0:
         raise ValueError("prompt must be a (batch, length) tensor with at least one token")
     device = _device(model)
@@ -147,7 +153,7 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
         nonlocal state, ctx
         with torch.inference_mode():
             if use_cache:
-                logits, state = model.step(new, state)
+                logits, state = model.step(new, state, compiled=True) if cfg.compile else model.step(new, state)
                 return logits
             ctx = torch.cat([ctx, new], dim=1)[:, -model.context_size:]
             return _full_context_logits(model, ctx)

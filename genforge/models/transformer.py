@@ -16,6 +16,7 @@ Generation: `step(idx, cache)` consumes new tokens only, appending their keys/va
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -153,6 +154,7 @@ class Block(nn.Module):
 # model
 
 
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 0  # filled from the tokenizer by the recipe
@@ -232,13 +234,38 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head,
                        p.device, p.dtype)
 
+    def _decode_one(self, tok: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
+                    vs: list[torch.Tensor]) -> torch.Tensor:
+        """One new token per row, tok (B, 1), at position `pos` (a 0-d tensor), over the
+        whole preallocated cache with the unfilled tail masked out: every shape is fixed, so
+        torch.compile builds it once and fuses the ~100 small ops of a decode step (on a CPU
+        their per-op dispatch, not arithmetic, is most of a token's cost)."""
+        b = tok.size(0)
+        c, nh = self.cfg.n_embd, self.cfg.n_head
+        x = self.tok_emb(tok) + self.pos_emb(pos.view(1, 1))  # (B, 1, C)
+        slots = ks[0].size(2)
+        visible = (torch.arange(slots, device=tok.device) <= pos).view(1, 1, 1, slots)  # filled
+        for i, block in enumerate(self.blocks):
+            h = block.ln_1(x)
+            q, k, v = block.attn.qkv(h).view(b, 1, 3, nh, c // nh).permute(2, 0, 3, 1, 4).unbind(0)
+            ks[i].index_copy_(2, pos.view(1), k)
+            vs[i].index_copy_(2, pos.view(1), v)
+            y = F.scaled_dot_product_attention(q, ks[i], vs[i], attn_mask=visible)
+            x = x + block.attn.proj(y.transpose(1, 2).reshape(b, 1, c))
+            x = x + block.mlp(block.ln_2(x))
+        return self.head(self.ln_f(x))[:, -1, :]
+
     @torch.no_grad()
-    def step(self, idx: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def step(self, idx: torch.Tensor, state: KVCache | None = None,
+             compiled: bool = False) -> tuple[torch.Tensor, KVCache]:
         """Feed new tokens idx (B, T); return logits of the last one (B, vocab) and the cache.
 
         When the context is full the cache is rebuilt from the last half of the context
         (positions are absolute, so old keys cannot simply be shifted); this costs one
-        half-context forward every block_size/2 tokens instead of one per token."""
+        half-context forward every block_size/2 tokens instead of one per token.
+
+        `compiled=True` runs single-token steps through `compiled_decode_one()` (the same
+        computation, compiled once; the first call takes seconds)."""
         if state is None:
             state = self.new_state(idx.size(0))
         if state.pos + idx.size(1) > self.cfg.block_size:
@@ -247,5 +274,18 @@ class GPT(nn.Module):
             tail = tail[:, -self.cfg.block_size:]
             state = self.new_state(idx.size(0))
             idx = tail
+        if compiled and idx.size(1) == 1 and not self.training:
+            pos = torch.tensor(state.pos, device=idx.device)
+            logits = compiled_decode_one()(self, idx, pos, state.k, state.v)
+            state.pos += 1
+            state.tokens = torch.cat([state.tokens, idx], dim=1)
+            return logits, state
         logits = self(idx, state)
         return logits[:, -1, :], state
+
+
+@functools.cache
+def compiled_decode_one():
+    """`GPT._decode_one` through torch.compile, shared by every GPT (parameters are inputs of
+    the compiled graph); compiled on first use for each batch size and model shape."""
+    return torch.compile(GPT._decode_one, dynamic=False, fullgraph=True)

@@ -270,7 +270,7 @@ _CLI_NAMES = {"max_tokens": "max_new_tokens"}
 def cli_generate(model, cfg: Config, run_dir, prompt: str = "", stream: bool = False,
                  n: int = 1, out: Path | None = None, **opts) -> list[str]:
     """`genforge generate RUN --prompt ... [--stream] [--n N] [--out FILE] [--max-tokens N
-    --temperature T --top-k K --top-p P --repetition-penalty R --stop S --seed S]`: prints
+    --temperature T --top-k K --top-p P --repetition-penalty R --stop S --seed S --compile]`: prints
     the prompt and its continuation (piece by piece with --stream), n times; --out also
     writes the samples to a text file. Returns the continuations."""
     try:
@@ -278,7 +278,10 @@ def cli_generate(model, cfg: Config, run_dir, prompt: str = "", stream: bool = F
     except ValueError as e:
         raise ConfigError(f"generate: {e} (text models take --prompt, --stream, --n, --out, "
                           "--max-tokens, --temperature, --top-k, --top-p, "
-                          "--repetition-penalty, --stop, --seed)") from None
+                          "--repetition-penalty, --stop, --seed, --compile)") from None
+    if sc.compile and cfg.model != "gpt":
+        raise ConfigError(f"generate: --compile applies to gpt models, not {cfg.model} (a recurrent "
+                          "model's step is already one cell)")
     tok = tokenizer(cfg, run_dir)
     try:
         tok.encode(prompt)
