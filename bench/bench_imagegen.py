@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--classifier", default="", help="reuse an image-classify run as feature network")
     ap.add_argument("--n-eval", type=int, default=1000, help="generated (and real) images for FID")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps for diffusion sampling")
-    ap.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
     ap.add_argument("--docs", action="store_true", help="copy the final sample grids to docs/")
     ap.add_argument("--threads", type=int, default=2)

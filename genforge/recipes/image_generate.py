@@ -62,7 +62,8 @@ class Config(TrainConfig):
     # sampling defaults (`genforge generate` options override them)
     sample_grid: int = 100  # images in the grid written at each evaluation
     sample_steps: int = 50  # DDIM steps (diffusion)
-    guidance: float = 3.0  # classifier-free guidance scale (conditional diffusion); 1 = none
+    guidance: float = 2.0  # classifier-free guidance scale (conditional diffusion); 1 = none
+    # (2: the lowest FID of 1.5 / 2 / 3 in bench/bench_imagegen.py; 3: more class-typical)
     # filled from the data by `build`, saved in config.json so runs load without the data
     classes: list[str] = field(default_factory=list)
     channels: int = 0
