@@ -61,5 +61,3 @@ def test_generate_compiled_decode_gives_the_same_text(run):
     assert compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == eager.stdout
     assert len(compiled.stdout) >= len("ROMEO:") + 30 and len(set(compiled.stdout[6:])) > 3
-    bad = genforge("generate", str(run), "--prompt", "x", "--compile", "--guidance", "2")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -117,6 +117,14 @@ def test_compiled_decode_step_equals_full_forward_past_the_context():
     torch.testing.assert_close(cache.tokens, seq[:, 40 - cache.tokens.size(1):])
 
 
+def test_compile_is_refused_for_recurrent_models():
+    from genforge.generate.sampling import SamplingConfig, sample_tokens
+
+    m = RNNLM(RNNConfig(vocab_size=37, cell="gru", embed_size=8, hidden_size=16, n_layer=1))
+    with pytest.raises(ValueError, match="compile applies to GPT models"):
+        next(sample_tokens(m, torch.zeros(1, 3, dtype=torch.long), SamplingConfig(compile=True)))
+
+
 def test_gpt_context_overflow_in_forward_is_a_clear_error():
     m = tiny_gpt()
     with pytest.raises(ValueError, match="longer than the context"):

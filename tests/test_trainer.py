@@ -124,7 +124,7 @@ def test_ema_run_is_evaluated_saved_and_resumed_exactly(tmp_path):
     raw, avg = load_file(full / "model.safetensors"), load_file(full / "ema.safetensors")
     weights = [k for k in raw if k.endswith("weight")]
     assert weights and all(not torch.equal(raw[k], avg[k]) for k in weights)
-    # the run's "last" model is the average, and best.safetensors holds an evaluated average
+    # the run's "last" model is the average
     _, _, model = ckpt.load_run(full, "last")
     for k, v in model.state_dict().items():
         if k in avg:
@@ -138,6 +138,19 @@ def test_ema_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="ema=1.5"):
         fit("image-classify", _cfg(ema=1.5), tmp_path / "bad", **QUIET)
     assert not (tmp_path / "bad").exists()  # nothing written
-    fit("image-classify", _cfg(), tmp_path / "plain", stop_at=2, **QUIET)
+    plain = tmp_path / "plain"
+    fit("image-classify", _cfg(), plain, stop_at=2, **QUIET)
+    saved = (plain / "config.json").read_text()
     with pytest.raises(ckpt.RunError, match="without a weight average"):
-        fit("image-classify", _cfg(ema=0.9), tmp_path / "plain", resume=True, **QUIET)
+        fit("image-classify", _cfg(ema=0.9), plain, resume=True, **QUIET)
+    assert (plain / "config.json").read_text() == saved  # a refused resume changes nothing
+    fit("image-classify", _cfg(), plain, resume=True, **QUIET)  # its own setting still resumes
+    averaged = tmp_path / "averaged"
+    fit("image-classify", _cfg(ema=0.9), averaged, stop_at=2, **QUIET)
+    with pytest.raises(ckpt.RunError, match="with a weight average"):
+        fit("image-classify", _cfg(), averaged, resume=True, **QUIET)
+    # recipes whose evaluation must use the acting weights refuse it up front
+    rl = make_config(get_recipe("reinforce"), {"model": "dqn", "ema": 0.99})
+    with pytest.raises(ConfigError, match="ema does not apply to the reinforce recipe"):
+        fit("reinforce", rl, tmp_path / "rl", **QUIET)
+    assert not (tmp_path / "rl").exists()

@@ -176,6 +176,8 @@ class Diffusion(nn.Module):
         if cfg.image_size % (2 ** (len(cfg.channel_mult) - 1)):
             raise ValueError(f"image_size {cfg.image_size} must be divisible by "
                              f"{2 ** (len(cfg.channel_mult) - 1)} for channel_mult {cfg.channel_mult}")
+        if cfg.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0 (0 = unweighted loss), got {cfg.min_snr_gamma}")
         self.cfg = cfg
         self.net = UNet(cfg)
         betas = make_betas(cfg.schedule, cfg.timesteps)

@@ -275,11 +275,19 @@ class GPT(nn.Module):
             state = self.new_state(idx.size(0))
             idx = tail
         if compiled and idx.size(1) == 1 and not self.training:
+            from torch._dynamo.exc import FailOnRecompileLimitHit
+
             pos = torch.tensor(state.pos, device=idx.device)
-            logits = compiled_decode_one()(self, idx, pos, state.k, state.v)
-            state.pos += 1
-            state.tokens = torch.cat([state.tokens, idx], dim=1)
-            return logits, state
+            try:
+                logits = compiled_decode_one()(self, idx, pos, state.k, state.v)
+            except FailOnRecompileLimitHit:
+                # one compiled graph per batch size / model shape, up to dynamo's limit: past
+                # it (many shapes in one process) this step runs eagerly, same result
+                logits = None
+            if logits is not None:
+                state.pos += 1
+                state.tokens = torch.cat([state.tokens, idx], dim=1)
+                return logits, state
         logits = self(idx, state)
         return logits[:, -1, :], state
 

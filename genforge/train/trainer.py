@@ -53,9 +53,18 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     out_dir = Path(out_dir)
     if cfg.ema:
         check_decay(cfg.ema)  # before anything is written
+        if getattr(recipe, "SUPPORTS_EMA", True) is False:
+            raise C.ConfigError(f"ema does not apply to the {recipe_name} recipe: "
+                                f"{recipe.NO_EMA_REASON}; remove the ema setting")
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
                             "to continue it, or choose another --out (nothing was overwritten)")
+    state = ckpt.load_trainer_state(out_dir / "trainer_state.pt") if resume else None
+    if state is not None and bool(cfg.ema) != ("ema_updates" in state):
+        # checked before config.json is rewritten: a refused resume changes nothing
+        had = "with" if "ema_updates" in state else "without"
+        raise ckpt.RunError(f"cannot resume {out_dir} with ema={cfg.ema}: it was trained {had} a "
+                            "weight average; resume it with its own ema setting, or start a new run")
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -66,15 +75,11 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg)}
 
     step, best, bad_evals = 0, None, 0
-    state = ckpt.load_trainer_state(out_dir / "trainer_state.pt") if resume else None
     if state is not None:
         ckpt.load_weights(model, out_dir / "model.safetensors")
         step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
     ema = EMA(model, cfg.ema) if cfg.ema else None
     if ema is not None and state is not None:
-        if "ema_updates" not in state:
-            raise ckpt.RunError(f"cannot resume {out_dir} with ema={cfg.ema}: it was trained "
-                                "without a weight average (start a new run instead)")
         ckpt.load_weights(ema.model, out_dir / "ema.safetensors")
         ema.updates = state["ema_updates"]
     # what evaluation, samples and best.safetensors use: the averaged weights when there are any
