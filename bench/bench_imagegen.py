@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from genforge import config as C  # noqa: E402
 from genforge.recipes import get_recipe, resolve  # noqa: E402
-from genforge.train.checkpoint import load_run  # noqa: E402
+from genforge.train.checkpoint import load_run, logged_training_time  # noqa: E402
 from genforge.train.trainer import fit  # noqa: E402
 
 FAMILIES = {"vae": "vae-fashion", "gan": "gan-fashion", "diffusion": "diffusion-fashion"}
@@ -111,18 +111,6 @@ def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path
     return run, steps, train_s
 
 
-def logged_train_seconds(run: Path, cfg) -> float:
-    """Training seconds of a finished run from its metrics log (steps / logged speed; the
-    evaluations are not included)."""
-    seconds, last = 0.0, 0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "examples_per_s" in rec:
-            seconds += (rec["step"] - last) * cfg.batch_size * cfg.grad_accum / rec["examples_per_s"]
-            last = rec["step"]
-    return seconds
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", nargs="+", default=["vae=20", "gan=20", "diffusion=20"],
@@ -173,7 +161,7 @@ def main() -> None:
         if fam in reuse:
             run = reuse[fam]
             _, cfg, model = load_run(run, "last")
-            steps, train_s, budget = cfg.max_steps, logged_train_seconds(run, cfg), float("nan")
+            steps, train_s, budget = cfg.max_steps, logged_training_time(run, cfg)[0], float("nan")
             log(f"{fam}: reusing {run} ({steps} steps, {train_s / 60:.1f} min of logged training)")
         elif fam in budgets:
             budget = budgets[fam]

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from genforge import config as C  # noqa: E402
 from genforge.generate.sampling import SamplingConfig, sample_tokens  # noqa: E402
 from genforge.recipes import get_recipe, resolve  # noqa: E402
+from genforge.train.checkpoint import logged_training_time  # noqa: E402
 from genforge.train.optim import make_optimizer  # noqa: E402
 from genforge.train.trainer import fit  # noqa: E402
 
@@ -118,19 +119,6 @@ def pick_threads(arg: str) -> str:
     return f"{best} (probe: " + ", ".join(f"{n} thr {t * 1e3:.0f} ms/iter" for n, t in timing.items()) + ")"
 
 
-def train_time_from_metrics(run: Path, cfg) -> tuple[float, int]:
-    """Pure training seconds (evaluations excluded) and steps, from the trainer's logs."""
-    seconds, steps, last = 0.0, 0, 0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "examples_per_s" in rec:
-            n = rec["step"] - last
-            seconds += n * cfg.batch_size * cfg.grad_accum / rec["examples_per_s"]
-            steps += n
-            last = rec["step"]
-    return seconds, steps
-
-
 def train_and_eval(overrides: dict, out: Path, label: str) -> dict:
     recipe = get_recipe(RECIPE)
     cfg = make_cfg(overrides)
@@ -147,7 +135,7 @@ def train_and_eval(overrides: dict, out: Path, label: str) -> dict:
     t1 = time.perf_counter()
     ev = recipe.evaluate(model, cfg_l, "val")
     eval_s = time.perf_counter() - t1
-    train_s, steps = train_time_from_metrics(out, cfg)
+    train_s, steps = logged_training_time(out, cfg)
     prompt = cfg_l.sample_prompt if cfg_l.sample_prompt.strip() else "ROMEO:"
     sample = recipe.sample(model, cfg_l, prompt, out, max_new_tokens=300, temperature=0.8, seed=0)
     return {"cfg": cfg_l, "wall": wall, "train_s": train_s, "steps": steps, "eval": ev,

@@ -154,3 +154,11 @@ def test_ema_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="ema does not apply to the reinforce recipe"):
         fit("reinforce", rl, tmp_path / "rl", **QUIET)
     assert not (tmp_path / "rl").exists()
+
+
+def test_bad_model_setting_is_a_config_error_and_leaves_no_run(tmp_path):
+    from genforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dropout probability.*model.\\* settings"):
+        fit("image-classify", _cfg(**{"model.dropout": -1.0}), tmp_path / "bad", **QUIET)
+    assert not (tmp_path / "bad").exists()

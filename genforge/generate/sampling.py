@@ -45,6 +45,14 @@ class SamplingConfig:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         return self
 
+    def check_model(self, model: Any) -> "SamplingConfig":
+        """check(), plus the options that depend on the model."""
+        self.check()
+        if self.compile and not hasattr(type(model), "_decode_one"):
+            raise ValueError(f"compile applies to GPT models, not {type(model).__name__} "
+                             "(recurrent models carry their state: their step is already one cell)")
+        return self
+
 
 # ---------------------------------------------------------------------------------------
 # logits -> next token
@@ -131,10 +139,7 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
 
     prompt: (B, T) token ids, T >= 1. `use_cache=False` re-runs the whole context (cropped to
     the model's context size) for every token."""
-    cfg.check()
-    if cfg.compile and not hasattr(type(model), "_decode_one"):
-        raise ValueError(f"compile applies to GPT models; this is a {type(model).__name__} "
-                         "(recurrent models carry their state: their step is already one cell)")
+    cfg.check_model(model)
     if prompt.dim() != 2 or prompt.size(1) == 0:
         raise ValueError("prompt must be a (batch, length) tensor with at least one token")
     device = _device(model)

@@ -80,6 +80,11 @@ class KVCache:
         end = self.pos + t
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def advance(self, idx: torch.Tensor) -> None:
+        """Record tokens idx (B, T) whose keys/values every layer has just stored."""
+        self.pos += idx.size(1)
+        self.tokens = torch.cat([self.tokens, idx], dim=1)
+
 
 # ---------------------------------------------------------------------------------------
 # blocks
@@ -217,8 +222,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
-            cache.pos += t
-            cache.tokens = torch.cat([cache.tokens, idx], dim=1)
+            cache.advance(idx)
         return self.head(self.ln_f(x))  # (B, T, vocab)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -281,12 +285,9 @@ class GPT(nn.Module):
             try:
                 logits = compiled_decode_one()(self, idx, pos, state.k, state.v)
             except FailOnRecompileLimitHit:
-                # one compiled graph per batch size / model shape, up to dynamo's limit: past
-                # it (many shapes in one process) this step runs eagerly, same result
-                logits = None
-            if logits is not None:
-                state.pos += 1
-                state.tokens = torch.cat([state.tokens, idx], dim=1)
+                pass  # one graph per batch size / model shape up to dynamo's limit; then eager
+            else:
+                state.advance(idx)
                 return logits, state
         logits = self(idx, state)
         return logits[:, -1, :], state

@@ -274,14 +274,11 @@ def cli_generate(model, cfg: Config, run_dir, prompt: str = "", stream: bool = F
     the prompt and its continuation (piece by piece with --stream), n times; --out also
     writes the samples to a text file. Returns the continuations."""
     try:
-        sc = _sampling(cfg, **{_CLI_NAMES.get(k, k): v for k, v in opts.items()})
+        sc = _sampling(cfg, **{_CLI_NAMES.get(k, k): v for k, v in opts.items()}).check_model(model)
     except ValueError as e:
         raise ConfigError(f"generate: {e} (text models take --prompt, --stream, --n, --out, "
                           "--max-tokens, --temperature, --top-k, --top-p, "
                           "--repetition-penalty, --stop, --seed, --compile)") from None
-    if sc.compile and cfg.model != "gpt":
-        raise ConfigError(f"generate: --compile applies to gpt models, not {cfg.model} (a recurrent "
-                          "model's step is already one cell)")
     tok = tokenizer(cfg, run_dir)
     try:
         tok.encode(prompt)

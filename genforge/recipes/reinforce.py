@@ -34,10 +34,9 @@ from genforge.config import ConfigError, TrainConfig
 from genforge.models.dqn import DQN, DQNConfig
 from genforge.models.policy import A2C, A2CConfig, ActorCritic, Reinforce, ReinforceConfig
 
-# the agent acts with its current weights while it collects experience (and DQN keeps its own
-# target network), so a separate averaged copy would be evaluated without the agent's collector
-SUPPORTS_EMA = False
-NO_EMA_REASON = "an agent is evaluated with the weights it acts with (DQN has a target network)"
+# why `ema` is refused (the trainer reads NO_EMA): the agent acts with its current weights
+# while it collects experience, so an averaged copy would be evaluated without its collector
+NO_EMA = "an agent is evaluated with the weights it acts with (DQN has a target network)"
 
 
 @dataclass

@@ -101,6 +101,19 @@ def weights_path(run_dir: Path, which: str = "best") -> Path:
                    "training or have failed before its first checkpoint")
 
 
+def logged_training_time(run_dir: str | Path, cfg) -> tuple[float, int]:
+    """Pure training seconds (evaluations excluded) and steps of a run, from the speed the
+    trainer logs in metrics.jsonl."""
+    seconds, steps, last = 0.0, 0, 0
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "examples_per_s" in rec:
+            n = rec["step"] - last
+            seconds += n * cfg.batch_size * cfg.grad_accum / rec["examples_per_s"]
+            steps, last = steps + n, rec["step"]
+    return seconds, steps
+
+
 def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
     """A run directory -> (recipe module, cfg, model in eval mode). Needs nothing else."""
     run_dir = Path(run_dir)

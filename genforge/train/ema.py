@@ -46,7 +46,3 @@ class EMA:
         torch._foreach_lerp_(avg, cur, 1.0 - d)
         for b_avg, b in zip(self.model.buffers(), src.buffers()):
             b_avg.copy_(b)
-
-    def to(self, device) -> "EMA":
-        self.model.to(device)
-        return self

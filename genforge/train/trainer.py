@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,9 +54,9 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     out_dir = Path(out_dir)
     if cfg.ema:
         check_decay(cfg.ema)  # before anything is written
-        if getattr(recipe, "SUPPORTS_EMA", True) is False:
+        if hasattr(recipe, "NO_EMA"):
             raise C.ConfigError(f"ema does not apply to the {recipe_name} recipe: "
-                                f"{recipe.NO_EMA_REASON}; remove the ema setting")
+                                f"{recipe.NO_EMA}; remove the ema setting")
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
                             "to continue it, or choose another --out (nothing was overwritten)")
@@ -65,11 +66,19 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
         had = "with" if "ema_updates" in state else "without"
         raise ckpt.RunError(f"cannot resume {out_dir} with ema={cfg.ema}: it was trained {had} a "
                             "weight average; resume it with its own ema setting, or start a new run")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
 
-    model = recipe.build(cfg, run_dir=out_dir).to(device)
+    try:
+        model = recipe.build(cfg, run_dir=out_dir).to(device)
+    except Exception as e:
+        if created:  # leave no half-made run behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        if type(e) is ValueError:  # a model's own range check (torch's or genforge's)
+            raise C.ConfigError(f"{e} (check the model.* settings)") from None
+        raise
     ckpt.save_config(out_dir, recipe_name, cfg)  # after build: data-dependent fields are filled
     custom = hasattr(recipe, "update")
     opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg)}
