@@ -11,7 +11,8 @@ class-consistency).
 Each family trains for a wall-clock budget: a short timing probe measures seconds per step,
 then `max_steps = budget / (s/step)` (so the LR schedule knows its length); the table reports
 the actual time taken. `--reuse FAMILY=RUN` puts an already trained run in the table instead
-(evaluated again with the same classifier and n). Run it under the shared lock:
+(evaluated again with the same classifier and n); `--set FAMILY:KEY=VALUE` changes a preset
+setting for this benchmark (printed above the table). Run it under the shared lock:
 
   GENFORGE_DATA=/work/shared/data nohup flock /tmp/genforge-bench.lock \
       python bench/bench_imagegen.py --minutes vae=20 gan=20 diffusion=20 > /tmp/bench_imagegen.log 2>&1 &
@@ -96,12 +97,17 @@ def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path
     """Train FAMILY's preset for `budget` minutes -> (run, steps, wall seconds)."""
     _, _, overrides = resolve(FAMILIES[fam])
     overrides.pop("epochs", None)
-    cfg = C.make_config(recipe, {**overrides, "max_steps": 1, "classifier": ""})
+
+    def config(ov: dict):  # the preset, then this run's settings, then --set FAMILY:KEY=VALUE
+        return C.apply_overrides(C.make_config(recipe, ov), args.sets.get(fam, {}), recipe.MODELS,
+                                 from_text=True)
+
+    cfg = config({**overrides, "max_steps": 1, "classifier": ""})
     sps = probe_seconds_per_step(recipe, cfg)
     steps = max(10, int(budget * 60 / sps))
     ov = {**overrides, "max_steps": steps, "eval_every": steps, "sample_grid": 100,
           "sample_steps": args.steps, "guidance": args.guidance, "plots": True}
-    cfg = C.make_config(recipe, ov)
+    cfg = config(ov)
     run = out / f"{fam}-{time.strftime('%H%M%S')}"
     log(f"{fam}: probe {sps:.3f} s/step -> {steps} steps for {budget:g} min; run {run}")
     t0 = time.perf_counter()
@@ -128,7 +134,15 @@ def main() -> None:
     ap.add_argument("--reuse", nargs="*", default=[], metavar="FAMILY=RUN",
                     help="put an already trained run of FAMILY in the table instead of training one "
                     "(evaluated again here; its training time is read from its metrics log)")
+    ap.add_argument("--set", nargs="*", default=[], dest="set_", metavar="FAMILY:KEY=VALUE",
+                    help="change a family's preset for this benchmark, e.g. diffusion:batch_size=32")
     args = ap.parse_args()
+    args.sets = {}
+    for item in args.set_:
+        fam, sep, kv = item.partition(":")
+        if not sep or fam not in FAMILIES:
+            sys.exit(f"--set expects FAMILY:KEY=VALUE with FAMILY one of {', '.join(FAMILIES)}, got {item!r}")
+        args.sets.setdefault(fam, {}).update(C.parse_sets([kv]))
     torch.set_num_threads(args.threads)
     if args.sweep:
         return guidance_sweep(Path(args.sweep), Path(args.classifier), args)
@@ -198,6 +212,8 @@ def main() -> None:
     print(f"FID / IS: genforge CNN classifier features ({clf_dir}, test accuracy {clf_acc:.4f}), "
           f"n={args.n_eval} samples vs n={args.n_eval} test images; diffusion: DDIM {args.steps} steps, "
           f"guidance {args.guidance}")
+    for fam, sets in args.sets.items():
+        print(f"{fam}: preset {FAMILIES[fam]} with " + ", ".join(f"{k}={v}" for k, v in sets.items()))
     print()
     print("| family | train budget | steps | train wall time | FID (genforge feats) | IS analogue "
           "| class-consistency | neg. ELBO (nats) | sampling s / 64 imgs |")

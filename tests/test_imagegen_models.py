@@ -131,20 +131,44 @@ def test_ddim_sampler_shapes_guidance_and_determinism():
         model.sample(2, y[:2], steps=0)
 
 
-def test_diffusion_loss_trains():
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_diffusion_loss_trains(patch_size):
     torch.manual_seed(0)
     model = Diffusion(DiffusionConfig(base_channels=8, timesteps=100, image_size=8,
-                                      channel_mult=(1, 2)))
+                                      channel_mult=(1, 2), patch_size=patch_size))
     x = torch.rand(16, 1, 8, 8)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(40 * patch_size):  # 4x4 positions of 4 channels: slower to start learning
         loss = model(x)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_patched_unet_is_a_pixel_unet_on_stacked_2x2_blocks():
+    """patch_size=2: the U-Net of a 1-channel 8x8 image is the plain U-Net of the 4-channel
+    4x4 image whose channels are the pixels of each 2x2 block (space-to-depth), mapped back."""
+    torch.manual_seed(0)
+    patched = Diffusion(DiffusionConfig(n_classes=3, base_channels=8, timesteps=50, image_size=8,
+                                        channel_mult=(1, 2), patch_size=2)).net
+    plain = Diffusion(DiffusionConfig(n_classes=3, base_channels=8, timesteps=50, image_size=4,
+                                      channels=4, channel_mult=(1, 2))).net
+    plain.load_state_dict(patched.state_dict())
+    torch.nn.init.normal_(patched.out[-1].weight, std=0.1)
+    plain.out[-1].weight.data.copy_(patched.out[-1].weight)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 40]), torch.tensor([0, 2])
+    blocks = x.reshape(2, 1, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(2, 4, 4, 4)
+    out = patched(x, t, y)
+    assert out.shape == x.shape
+    ref = plain(blocks, t, y).reshape(2, 1, 2, 2, 4, 4).permute(0, 1, 4, 2, 5, 3).reshape(2, 1, 8, 8)
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        Diffusion(DiffusionConfig(image_size=28, patch_size=2, channel_mult=(1, 2, 2)))
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        Diffusion(DiffusionConfig(image_size=28, patch_size=0))
 
 
 def test_min_snr_weighting_matches_its_formula():

@@ -100,7 +100,9 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # index n_classes is the "no label" token that classifier-free guidance trains with
         self.class_emb = nn.Embedding(cfg.n_classes + 1, emb_dim) if cfg.n_classes else None
-        self.inp = nn.Conv2d(cfg.channels, base, 3, padding=1)
+        self.patch = cfg.patch_size
+        c_pix = cfg.channels * cfg.patch_size**2  # channels after space-to-depth
+        self.inp = nn.Conv2d(c_pix, base, 3, padding=1)
 
         self.down = nn.ModuleList()
         c_prev = base
@@ -123,7 +125,7 @@ class UNet(nn.Module):
                                     nn.Conv2d(c, c, 3, padding=1)) if i > 0 else nn.Identity())
             self.up.append(nn.ModuleDict({"blocks": blocks, "sample": sample}))
             c_prev = c
-        self.out = nn.Sequential(norm(c_prev), nn.SiLU(), nn.Conv2d(c_prev, cfg.channels, 3, padding=1))
+        self.out = nn.Sequential(norm(c_prev), nn.SiLU(), nn.Conv2d(c_prev, c_pix, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)  # start as "predict zero noise" (stable start)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -131,6 +133,8 @@ class UNet(nn.Module):
         emb = self.time_mlp(timestep_embedding(t, self.base))  # (B, emb_dim)
         if self.class_emb is not None:
             emb = emb + self.class_emb(y)
+        if self.patch > 1:  # (B, C, H, W) -> (B, C*p*p, H/p, W/p)
+            x = F.pixel_unshuffle(x, self.patch)
         h = self.inp(x)
         skips = []
         for level in self.down:
@@ -144,7 +148,8 @@ class UNet(nn.Module):
             for block in level["blocks"]:
                 h = block(h, emb)
             h = level["sample"](h)
-        return self.out(h)
+        h = self.out(h)
+        return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,6 +164,9 @@ class DiffusionConfig:
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)  # 28 -> 14 -> 7
     n_res_blocks: int = 1
+    # > 1: the U-Net works on patch_size x patch_size pixel blocks stacked as channels
+    # (space-to-depth, as in patch-based diffusion models), patch_size**2 fewer positions
+    patch_size: int = 1
     n_head: int = 4
     dropout: float = 0.0
     timesteps: int = 1000
@@ -173,9 +181,13 @@ class DiffusionConfig:
 class Diffusion(nn.Module):
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
-        if cfg.image_size % (2 ** (len(cfg.channel_mult) - 1)):
-            raise ValueError(f"image_size {cfg.image_size} must be divisible by "
-                             f"{2 ** (len(cfg.channel_mult) - 1)} for channel_mult {cfg.channel_mult}")
+        if cfg.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1 (1 = work on pixels), got {cfg.patch_size}")
+        div = cfg.patch_size * 2 ** (len(cfg.channel_mult) - 1)
+        if cfg.image_size % div:
+            raise ValueError(f"image_size {cfg.image_size} must be divisible by {div} "
+                             f"(patch_size {cfg.patch_size} x 2**(levels-1) for channel_mult "
+                             f"{cfg.channel_mult}); use fewer levels or a smaller patch_size")
         if cfg.min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0 (0 = unweighted loss), got {cfg.min_snr_gamma}")
         self.cfg = cfg
