@@ -143,6 +143,13 @@ def main() -> None:
         if not sep or fam not in FAMILIES:
             sys.exit(f"--set expects FAMILY:KEY=VALUE with FAMILY one of {', '.join(FAMILIES)}, got {item!r}")
         args.sets.setdefault(fam, {}).update(C.parse_sets([kv]))
+    recipe = get_recipe("image-generate")
+    for fam, sets in args.sets.items():  # a wrong key or value fails here, not after training
+        try:
+            C.apply_overrides(C.make_config(recipe, resolve(FAMILIES[fam])[2]), sets, recipe.MODELS,
+                              from_text=True)
+        except C.ConfigError as e:
+            sys.exit(f"--set {fam}: {e}")
     torch.set_num_threads(args.threads)
     if args.sweep:
         return guidance_sweep(Path(args.sweep), Path(args.classifier), args)
@@ -158,7 +165,6 @@ def main() -> None:
 
     from genforge.evaluate.fid import FeatureClassifier, real_reference
 
-    recipe = get_recipe("image-generate")
     clf_dir = Path(args.classifier) if args.classifier else train_classifier(out / f"classifier-{time.strftime('%H%M%S')}")
     clf = FeatureClassifier.from_run(clf_dir)
     base = C.make_config(recipe, {"data": "fashion-mnist"})

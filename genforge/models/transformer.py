@@ -159,7 +159,6 @@ class Block(nn.Module):
 # model
 
 
-
 @dataclass
 class GPTConfig:
     vocab_size: int = 0  # filled from the tokenizer by the recipe
