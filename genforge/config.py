@@ -27,6 +27,11 @@ class TrainConfig:
     data: str = ""  # dataset name or a path to the user's own files
     max_steps: int = 0  # optimizer updates; 0 = derive from `epochs`
     epochs: float = 1.0  # used when max_steps == 0
+    # wall-clock budget of the training loop in minutes (evaluations and saves included), 0 =
+    # none: training stops when it is spent, or at max_steps / epochs if that comes first, and
+    # the cosine schedule follows whichever of steps and time is further along, so the LR
+    # reaches its floor at the end of the budget however fast the machine runs
+    max_minutes: float = 0.0
     batch_size: int = 64
     grad_accum: int = 1  # micro-batches per optimizer update
     lr: float = 1e-3

@@ -1,5 +1,6 @@
 """Trainer behaviour: exact resume, regularisation, schedules, early stopping, safety."""
 import json
+import math
 
 import pytest
 import torch
@@ -162,3 +163,47 @@ def test_bad_model_setting_is_a_config_error_and_leaves_no_run(tmp_path):
     with pytest.raises(ConfigError, match="dropout probability.*model.\\* settings"):
         fit("image-classify", _cfg(**{"model.dropout": -1.0}), tmp_path / "bad", **QUIET)
     assert not (tmp_path / "bad").exists()
+
+
+def test_time_fraction_drives_the_cosine_schedule():
+    """The cosine decay follows whichever of steps and wall-clock budget is further along."""
+    cfg = _cfg(lr=1.0, warmup_steps=10, min_lr=0.0)
+    assert lr_factor(5, cfg, 110, time_frac=0.9) == pytest.approx(0.6)  # warmup stays step-based
+    assert lr_factor(10, cfg, 110, time_frac=0.5) == pytest.approx(0.5)  # time ahead of steps
+    assert lr_factor(85, cfg, 110, time_frac=0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert lr_factor(10, cfg, 110, time_frac=1.7) == pytest.approx(0.0)  # budget spent: the floor
+
+
+def test_time_budget_ends_the_run_with_the_lr_at_its_floor(tmp_path):
+    budget_s = 1.5
+    cfg = _cfg(max_steps=100_000, max_minutes=budget_s / 60, eval_every=100_000, log_every=1,
+               warmup_steps=0, lr=1e-2)
+    run = fit("image-classify", cfg, tmp_path / "run", **QUIET)
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    assert 1 <= state["step"] < 100_000
+    assert state["elapsed_s"] >= budget_s
+    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if "lr" in r]
+    assert train[-1]["step"] == state["step"]
+    assert train[-1]["lr"] < 0.05 * 1e-2 < train[0]["lr"]  # decayed with time, not with steps
+    assert any("val_loss" in r and r["step"] == state["step"] for r in recs)  # evaluated at the end
+    assert (run / "model.safetensors").is_file()
+
+
+def test_negative_time_budget_is_a_config_error_and_leaves_no_run(tmp_path):
+    from genforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_minutes must be >= 0"):
+        fit("image-classify", _cfg(max_minutes=-1.0), tmp_path / "bad", **QUIET)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_resumed_run_counts_the_time_it_already_spent(tmp_path):
+    run = fit("image-classify", _cfg(max_minutes=10.0), tmp_path / "run", stop_at=2, **QUIET)
+    spent = torch.load(run / "trainer_state.pt", weights_only=True)["elapsed_s"]
+    assert spent > 0
+    # resumed with a budget that the first two steps already used up: one more step, then stop
+    fit("image-classify", _cfg(max_minutes=spent / 60), run, resume=True, **QUIET)
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 3 < _cfg().max_steps
+    assert state["elapsed_s"] > spent

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -32,8 +33,10 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
 
 
-def lr_factor(step: int, cfg, total_steps: int) -> float:
-    """Multiplier of cfg.lr at optimizer step `step` (0-based)."""
+def lr_factor(step: int, cfg, total_steps: int, time_frac: float | None = None) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based). `time_frac`: the part of a
+    wall-clock budget already spent (cfg.max_minutes); the cosine decay follows whichever of
+    steps and time is further along."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
@@ -42,13 +45,19 @@ def lr_factor(step: int, cfg, total_steps: int) -> float:
         return cfg.gamma ** (step // max(1, cfg.step_size))
     # warmup + cosine decay to min_lr (Loshchilov & Hutter 2017, without restarts)
     span = max(1, total_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    progress = (step - cfg.warmup_steps) / span
+    if time_frac is not None:
+        progress = max(progress, time_frac)
+    progress = min(1.0, progress)
     floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, total_steps))
+def make_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int,
+                   time_frac: Callable[[], float | None] | None = None):
+    """`time_frac()`: the spent part of the run's time budget, read at every LR update."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg, total_steps, time_frac() if time_frac else None))
 
 
 def penalty(model: nn.Module, l1: float, l2: float) -> torch.Tensor | None:

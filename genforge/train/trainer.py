@@ -52,6 +52,8 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     would (used to test that resuming is exact)."""
     recipe = get_recipe(recipe_name)
     out_dir = Path(out_dir)
+    if cfg.max_minutes < 0:
+        raise C.ConfigError(f"max_minutes must be >= 0 (0 = no time budget), got {cfg.max_minutes}")
     if cfg.ema:
         check_decay(cfg.ema)  # before anything is written
         if hasattr(recipe, "NO_EMA"):
@@ -97,7 +99,14 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     batches = recipe.batches(cfg, "train", start_step=step, model=model)
     steps_per_epoch = getattr(batches, "steps_per_epoch", None)
     total = cfg.max_steps or math.ceil(cfg.epochs * (steps_per_epoch or 1000))
-    scheds = {k: make_scheduler(o, cfg, total) for k, o in opts.items()}
+    # time budget: seconds spent before this call (a resumed run) + this call's loop time
+    limit_s, spent_before, t_start = cfg.max_minutes * 60, (state or {}).get("elapsed_s", 0.0), None
+
+    def elapsed() -> float:
+        return spent_before + (time.perf_counter() - t_start if t_start is not None else 0.0)
+
+    time_frac = (lambda: elapsed() / limit_s) if limit_s else None
+    scheds = {k: make_scheduler(o, cfg, total, time_frac) for k, o in opts.items()}
     if state is not None:
         for k, o in opts.items():
             o.load_state_dict(state["optimizers"][k])
@@ -119,7 +128,7 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
         ckpt.save_weights(model, out_dir / "model.safetensors")
         st = {"step": step, "best": best, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
               "optimizers": {k: o.state_dict() for k, o in opts.items()},
-              "schedulers": {k: s.state_dict() for k, s in scheds.items()}}
+              "schedulers": {k: s.state_dict() for k, s in scheds.items()}, "elapsed_s": elapsed()}
         if hasattr(recipe, "extra_state"):
             st["extra"] = recipe.extra_state(model, cfg)
         if ema is not None:
@@ -130,6 +139,7 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     bar = _progress(total, step)
     sums: dict[str, torch.Tensor | float] = {}
     n_logged, t_log, stopped_early = 0, time.perf_counter(), False
+    t_start = time.perf_counter()
     while step < total:
         model.train()
         if custom:
@@ -155,6 +165,10 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
         if ema is not None:
             ema.update(model)
         step += 1
+        if limit_s and step < total and elapsed() >= limit_s:
+            log(f"time budget of {cfg.max_minutes:g} min spent at step {step} (of max {total}); "
+                "finishing the run")
+            total = step  # the end-of-run logging, evaluation and checkpoint happen now
         # accumulate detached tensors; .item() only when logging (avoids a sync per step)
         for k, v in out.items():
             v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
