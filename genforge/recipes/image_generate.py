@@ -63,7 +63,8 @@ class Config(TrainConfig):
     sample_grid: int = 100  # images in the grid written at each evaluation
     sample_steps: int = 50  # DDIM steps (diffusion)
     guidance: float = 2.0  # classifier-free guidance scale (conditional diffusion); 1 = none
-    # (2: the lowest FID of 1.5 / 2 / 3 in bench/bench_imagegen.py; 3: more class-typical)
+    # (2: the lowest FID of 1.5 / 2 / 3 after ~1,700 steps in bench/bench_imagegen.py; a model
+    # trained longer wants less: 1.5 had the lowest validation FID after ~5,700 steps)
     # filled from the data by `build`, saved in config.json so runs load without the data
     classes: list[str] = field(default_factory=list)
     channels: int = 0
