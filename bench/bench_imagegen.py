@@ -117,7 +117,7 @@ def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path
     # sets a step cap well above what the budget allows. RESERVE_S is left for the final
     # evaluation, sample grid and checkpoint, which the reported wall time includes.
     cap = max(10, int(1.5 * budget * 60 / sps))
-    ov = {**overrides, "max_steps": cap, "max_minutes": budget - RESERVE_S / 60, "eval_every": cap,
+    ov = {**overrides, "max_steps": cap, "max_minutes": max(budget / 2, budget - RESERVE_S / 60), "eval_every": cap,
           "sample_grid": 100, "sample_steps": args.steps, "guidance": args.guidance, "plots": True}
     cfg = config(ov)
     run = out / f"{fam}-{time.strftime('%H%M%S')}"
