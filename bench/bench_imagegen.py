@@ -68,11 +68,6 @@ def probe_seconds_per_step(recipe, cfg, min_steps: int = 10, min_seconds: float 
     return sorted(times)[len(times) // 2]
 
 
-def trained_steps(run: Path) -> int:
-    """Updates a run actually made (a time budget can end it before max_steps)."""
-    return int(torch.load(run / "trainer_state.pt", weights_only=True)["step"])
-
-
 def train_classifier(out: Path) -> Path:
     rc = get_recipe("image-classify")
     cfg = C.make_config(rc, CLASSIFIER)
@@ -126,7 +121,7 @@ def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path
     t0 = time.perf_counter()
     fit("image-generate", cfg, run, log=lambda s: None)
     train_s = time.perf_counter() - t0
-    steps = trained_steps(run)
+    steps = logged_training_time(run, cfg)[1]  # the time budget can end a run before max_steps
     log(f"{fam}: trained {steps} steps in {train_s / 60:.1f} min")
     return run, steps, train_s
 
@@ -199,7 +194,7 @@ def main() -> None:
         if fam in reuse:
             run = reuse[fam]
             _, cfg, model = load_run(run, "last")
-            steps, train_s, budget = trained_steps(run), logged_training_time(run, cfg)[0], float("nan")
+            (train_s, steps), budget = logged_training_time(run, cfg), float("nan")
             log(f"{fam}: reusing {run} ({steps} steps, {train_s / 60:.1f} min of logged training)")
         elif fam in budgets:
             budget = budgets[fam]

@@ -54,7 +54,7 @@ def lr_factor(step: int, cfg, total_steps: int, time_frac: float | None = None) 
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int,
-                   time_frac: Callable[[], float | None] | None = None):
+                   time_frac: Callable[[], float] | None = None):
     """`time_frac()`: the spent part of the run's time budget, read at every LR update."""
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg, total_steps, time_frac() if time_frac else None))

@@ -99,11 +99,11 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     batches = recipe.batches(cfg, "train", start_step=step, model=model)
     steps_per_epoch = getattr(batches, "steps_per_epoch", None)
     total = cfg.max_steps or math.ceil(cfg.epochs * (steps_per_epoch or 1000))
-    # time budget: seconds spent before this call (a resumed run) + this call's loop time
-    limit_s, spent_before, t_start = cfg.max_minutes * 60, (state or {}).get("elapsed_s", 0.0), None
+    # time budget: seconds spent before this call (a resumed run) + this call's time from here
+    limit_s, spent_before, t_start = cfg.max_minutes * 60, (state or {}).get("elapsed_s", 0.0), time.perf_counter()
 
     def elapsed() -> float:
-        return spent_before + (time.perf_counter() - t_start if t_start is not None else 0.0)
+        return spent_before + time.perf_counter() - t_start
 
     time_frac = (lambda: elapsed() / limit_s) if limit_s else None
     scheds = {k: make_scheduler(o, cfg, total, time_frac) for k, o in opts.items()}
@@ -139,7 +139,6 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     bar = _progress(total, step)
     sums: dict[str, torch.Tensor | float] = {}
     n_logged, t_log, stopped_early = 0, time.perf_counter(), False
-    t_start = time.perf_counter()
     while step < total:
         model.train()
         if custom:
