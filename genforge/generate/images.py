@@ -1,17 +1,17 @@
-"""Image grids and a dependency-free PNG writer (zlib + struct, PNG spec ISO/IEC 15948).
+"""Image grids and PNG files.
 
-`make_grid` tiles a batch (N, C, H, W) in [0, 1] into one uint8 image; `write_png` saves an
-(H, W) grey or (H, W, 3) RGB uint8 array. No torchvision, no Pillow needed.
+`make_grid` tiles a batch (N, C, H, W) in [0, 1] into one uint8 image; `png_bytes` /
+`write_png` encode an (H, W) grey or (H, W, 3) RGB uint8 array with Pillow.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 
 def make_grid(images: torch.Tensor, nrow: int = 0, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
@@ -38,18 +38,9 @@ def png_bytes(pixels: torch.Tensor) -> bytes:
     """Encode an (H, W) or (H, W, 3) uint8 tensor as an 8-bit PNG."""
     if pixels.dtype != torch.uint8 or pixels.dim() not in (2, 3) or (pixels.dim() == 3 and pixels.shape[2] != 3):
         raise ValueError(f"expected a uint8 (H, W) or (H, W, 3) tensor, got {pixels.dtype} {tuple(pixels.shape)}")
-    h, w = pixels.shape[:2]
-    color_type = 0 if pixels.dim() == 2 else 2  # 0 = greyscale, 2 = truecolour
-    rows = pixels.reshape(h, -1).numpy()  # (H, W*channels)
-    # every scanline starts with filter type 0 (None)
-    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
-            + chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(pixels.cpu().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_png(path: str | Path, pixels: torch.Tensor) -> Path:
