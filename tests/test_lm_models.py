@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genforge.models.attention import causal_mask, reference_attention
 from genforge.models.rnn import RNNLM, RNNConfig
-from genforge.models.transformer import GPT, GPTConfig, causal_attention, causal_mask
+from genforge.models.transformer import GPT, GPTConfig
 
 
 def tiny_gpt(**kw) -> GPT:
@@ -25,7 +26,7 @@ def test_own_attention_matches_sdpa(tq, tk):
     q = torch.randn(2, 3, tq, 8, dtype=torch.float64)
     k = torch.randn(2, 3, tk, 8, dtype=torch.float64)
     v = torch.randn(2, 3, tk, 8, dtype=torch.float64)
-    ours = causal_attention(q, k, v)
+    ours = reference_attention(q, k, v, causal_mask(tq, tk))
     if tq == tk:
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:  # queries follow tk - tq cached keys: bottom-right aligned causal mask
@@ -121,7 +122,7 @@ def test_compile_is_refused_for_recurrent_models():
     from genforge.generate.sampling import SamplingConfig, sample_tokens
 
     m = RNNLM(RNNConfig(vocab_size=37, cell="gru", embed_size=8, hidden_size=16, n_layer=1))
-    with pytest.raises(ValueError, match="compile applies to GPT models"):
+    with pytest.raises(ValueError, match="compile applies to decoder Transformer models"):
         next(sample_tokens(m, torch.zeros(1, 3, dtype=torch.long), SamplingConfig(compile=True)))
 
 

@@ -28,8 +28,9 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL, Keskar et al. 2019)
     stop: list[str] = field(default_factory=list)  # stop at (and drop) the first of these strings
     seed: int | None = None
-    # GPT: run each one-token decode step through torch.compile (needs a C++ compiler on
-    # CPU; the first call compiles for seconds, then each token costs about half as much)
+    # decoder Transformers (GPT, Llama): run each one-token decode step through torch.compile
+    # (needs a C++ compiler on CPU; the first call compiles for seconds, then each token costs
+    # less: the step's many small ops are fused)
     compile: bool = False
 
     def check(self) -> "SamplingConfig":
@@ -48,9 +49,10 @@ class SamplingConfig:
     def check_model(self, model: Any) -> "SamplingConfig":
         """check(), plus the options that depend on the model."""
         self.check()
-        if self.compile and not hasattr(type(model), "_decode_one"):
-            raise ValueError(f"compile applies to GPT models, not {type(model).__name__} "
-                             "(recurrent models carry their state: their step is already one cell)")
+        if self.compile and not getattr(model, "supports_compile", False):
+            raise ValueError(f"compile applies to decoder Transformer models (GPT, Llama), not "
+                             f"{type(model).__name__} (recurrent models carry their state: their "
+                             "step is already one cell)")
         return self
 
 

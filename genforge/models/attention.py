@@ -236,13 +236,15 @@ class MultiHeadAttention(nn.Module):
     attention (None = self-attention); n_kv_head: key/value heads (None = n_head);
     head_dim: per-head width (None = d_model // n_head); bias: biases of the q/k/v
     projections; out_bias: of the output projection (None = same as bias); rotary: a `Rotary`
-    module (None = no rotary positions); dropout: on the attention weights while training.
+    module (None = no rotary positions); dropout: on the attention weights while training;
+    fused: False computes every call with `reference_attention` (slower; the written-out
+    formula, for checking the fused kernels).
     """
 
     def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None,
                  head_dim: int | None = None, bias: bool = False, out_bias: bool | None = None,
                  dropout: float = 0.0, d_context: int | None = None,
-                 rotary: Rotary | None = None):
+                 rotary: Rotary | None = None, fused: bool = True):
         super().__init__()
         n_kv_head = n_kv_head or n_head
         if head_dim is None:
@@ -253,6 +255,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
         self.dropout = dropout
+        self.fused = fused
         self.is_cross = d_context is not None
         q_dim, kv_dim = n_head * head_dim, n_kv_head * head_dim
         if self.is_cross:
@@ -296,8 +299,10 @@ class MultiHeadAttention(nn.Module):
                     cache.cross[layer] = (k, v)
             causal = False
         else:
-            q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
-            q, k, v = self._heads(q, nh), self._heads(k, nkv), self._heads(v, nkv)
+            # one view + transpose, then a split along the heads (views, no copies): a decode
+            # step runs this once per token and layer, where each op's dispatch cost counts
+            qkv = self.qkv(x).view(b, t, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh+2nkv, T, hs)
+            q, k, v = qkv.split([nh, nkv, nkv], dim=1)
             if self.rotary is not None:
                 if positions is None:
                     positions = cache.positions(t, x.device) if cache is not None \
@@ -310,15 +315,16 @@ class MultiHeadAttention(nn.Module):
                 k, v, valid = cache.append(layer, k, v)  # (B, nkv, Tk, hs)
         tk = k.size(2)
         pad = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
+        written_out = need_weights or not self.fused
         if causal and valid is None and not (tk == t and pad is None and attn_mask is None
-                                             and not need_weights):
+                                             and not written_out):
             # t == 1 needs no mask (one query sees every cached key); otherwise bottom-right
             causal_part = causal_mask(t, tk, x.device) if t > 1 else None
         else:
             causal_part = None  # static cache: `valid` already stops at the query's position
         mask = combine_masks(causal_part, pad, attn_mask, valid)
         p = self.dropout if self.training else 0.0
-        if need_weights:
+        if written_out:
             y, w = reference_attention(q, k, v, mask, p, return_weights=True)
         else:
             w = None
