@@ -16,7 +16,7 @@ import torch
 from genforge.data import registry
 from genforge.data.cifar import load_cifar10, parse_batch
 from genforge.data.idx import read_idx, write_idx
-from genforge.data.images import load_image_folder, random_crop_flip
+from genforge.data.images import load_image_folder, load_image_splits, random_crop_flip
 from genforge.data.registry import DataError
 
 
@@ -90,14 +90,6 @@ def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
     assert "not found" in msg and str(tmp_path / "empty") in msg and "GENFORGE_DATA" in msg
 
 
-def test_mnist_train_split_missing_is_explained():
-    from genforge.config import make_config
-    from genforge.recipes import get_recipe
-
-    recipe = get_recipe("image-classify")
-    cfg = make_config(recipe, {"data": "mnist"})
-    with pytest.raises(DataError, match="training split is missing"):
-        recipe.build(cfg)
 
 
 def test_unknown_dataset_name():
@@ -202,3 +194,146 @@ def test_random_crop_flip_matches_reference():
         if mask[b]:
             ref = ref.flip(-1)
         assert torch.equal(out[b], ref)
+
+
+# ---------------------------------------------------------------------------------------
+# the one image loader (load_image_splits): one split policy for every image recipe
+
+_IMAGE_RECIPES = ("image-classify", "image-generate", "sequence-classify")
+
+
+def _recipe_splits(name: str, overrides: dict) -> dict:
+    from genforge.config import make_config
+    from genforge.recipes import get_recipe
+
+    r = get_recipe(name)
+    cfg = make_config(r, overrides)
+    if name == "image-classify":
+        return r._splits(cfg)[0]
+    if name == "image-generate":
+        return r.splits(cfg)[0]
+    return r._splits(cfg)
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _fingerprint(splits: dict) -> dict:
+    return {k: (len(x), _digest(x), _digest(y)) for k, (x, y) in splits.items()}
+
+
+# sha256 prefixes of (images, labels) of the Fashion-MNIST splits as image-classify and
+# image-generate cut them before the loaders were merged; the benchmark tables were measured
+# on exactly these splits (SPLIT_SEED 1234, validation = carve of the 60k training split)
+_FASHION_BEFORE = {
+    0: {"train": (54000, "d3b948ed4a4ba39c", "31bed864afbaf986"),
+        "val": (6000, "e8070642d79bc43d", "cfc6a7b9cd9272d9"),
+        "test": (10000, "c867c93ff9536059", "d51d859896c55775")},
+    256: {"train": (230, "22388a820a61a2a3", "6ac83bda239bba31"),
+          "val": (26, "da9a2d7bb7c406f0", "f20cd3b454944c69"),
+          "test": (10000, "c867c93ff9536059", "d51d859896c55775")},
+}
+
+
+@pytest.mark.parametrize("train_limit", [0, 256])
+def test_fashion_mnist_splits_are_unchanged_and_shared(train_limit):
+    want = _FASHION_BEFORE[train_limit]
+    assert _fingerprint(load_image_splits("fashion-mnist", train_limit=train_limit).splits) == want
+    for name in _IMAGE_RECIPES:  # sequence-classify now carves validation the same way
+        assert _fingerprint(_recipe_splits(name, {"data": "fashion-mnist", "train_limit": train_limit})) == want
+
+
+def _mnist_test_only(tmp_path, data_root) -> Path:
+    """A data folder holding only MNIST's test split, as the offline copy does."""
+    d = tmp_path / "data" / "mnist"
+    d.mkdir(parents=True)
+    for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (d / f).symlink_to(data_root / "mnist" / f)
+    return d.parent
+
+
+def test_mnist_with_only_its_test_split_is_carved_the_same_for_every_recipe(
+        tmp_path, monkeypatch, data_root, capsys):
+    monkeypatch.setenv("GENFORGE_DATA", str(_mnist_test_only(tmp_path, data_root)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = _recipe_splits("image-classify", {"data": "mnist"})
+    assert {k: len(v[0]) for k, v in first.items()} == {"train": 7200, "val": 800, "test": 2000}
+    for name in _IMAGE_RECIPES[1:]:
+        assert _fingerprint(_recipe_splits(name, {"data": "mnist"})) == _fingerprint(first), name
+    # the training images never appear among the test images
+    train = {bytes(x.numpy()) for x in first["train"][0]}
+    assert not any(bytes(x.numpy()) in train for x in first["test"][0])
+    err = capsys.readouterr().err
+    assert err.count("no training split found") == 1, err  # said once, not once per recipe
+    assert "train-images-idx3-ubyte.gz" in err and "test_fraction=0.2" in err
+
+
+def test_image_classify_test_fraction_sets_the_carve(tmp_path, monkeypatch, data_root):
+    sizes = {}
+    for frac in (0.2, 0.3):
+        sp = _recipe_splits("image-classify", {"data": "digits", "test_fraction": frac})
+        sizes[frac] = {k: len(v[0]) for k, v in sp.items()}
+        assert sum(sizes[frac].values()) == 1797
+    assert sizes[0.2]["test"] == 359 and sizes[0.3]["test"] == 539
+    assert sizes[0.3]["train"] < sizes[0.2]["train"]
+    # the official Fashion-MNIST test split is never carved
+    assert len(_recipe_splits("image-classify", {"data": "fashion-mnist", "train_limit": 64,
+                                                 "test_fraction": 0.5})["test"][0]) == 10000
+    monkeypatch.setenv("GENFORGE_DATA", str(_mnist_test_only(tmp_path, data_root)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    sp = _recipe_splits("image-classify", {"data": "mnist", "test_fraction": 0.3})
+    assert {k: len(v[0]) for k, v in sp.items()} == {"train": 6300, "val": 700, "test": 3000}
+
+
+def test_corrupt_training_file_is_an_error_not_a_fallback(tmp_path, monkeypatch, data_root):
+    root = _mnist_test_only(tmp_path, data_root)
+    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (root / "mnist" / f).write_bytes(b"not gzip at all")
+    monkeypatch.setenv("GENFORGE_DATA", str(root))
+    with pytest.raises(DataError, match="not a readable idx"):
+        load_image_splits("mnist")
+
+
+def test_missing_image_dataset_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DataError) as e:
+        load_image_splits("fashion-mnist")
+    msg = str(e.value)
+    assert "neither its training nor its test split was found" in msg
+    assert str(tmp_path / "empty") in msg and "GENFORGE_DATA" in msg
+    with pytest.raises(DataError, match="neither a named image dataset"):
+        load_image_splits(str(tmp_path / "no-such-folder"))
+
+
+def test_image_folder_errors_name_the_problem(tmp_path):
+    (tmp_path / "flat").mkdir()
+    _write_png(tmp_path / "flat" / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="no class subfolders"):
+        load_image_splits(str(tmp_path / "flat"))
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="class folders hold no images"):
+        load_image_splits(str(tmp_path / "empty"))
+    (tmp_path / "two" / "cat").mkdir(parents=True)
+    for i in range(2):
+        _write_png(tmp_path / "two" / "cat" / f"{i}.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="test split is empty"):
+        load_image_splits(str(tmp_path / "two"))  # 20% of 2 images rounds to none
+    with pytest.raises(DataError, match="test_fraction=1.5"):
+        load_image_splits("digits", test_fraction=1.5)
+
+
+def test_folder_splits_and_channels(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(10):
+            _write_png(tmp_path / "imgs" / cls / f"{i}.png", np.full((6, 6, 3), 20 * i, np.uint8))
+    d = load_image_splits(str(tmp_path / "imgs"), val_fraction=0.25, test_fraction=0.2)
+    assert d.classes == ["cat", "dog"] and not d.train_missing
+    assert {k: v[0].shape for k, v in d.splits.items()} == {
+        "train": (12, 3, 6, 6), "val": (4, 3, 6, 6), "test": (4, 3, 6, 6)}
+    grey = load_image_splits(str(tmp_path / "imgs"), channels=1, image_size=4)
+    assert grey.splits["train"][0].shape[1:] == (1, 4, 4)
+    with pytest.raises(DataError, match="1-channel images but 3-channel"):
+        load_image_splits("digits", channels=3)

@@ -1,12 +1,19 @@
-"""Images: a folder with one subfolder per class, single image files, and tensor augmentation."""
+"""Images: single image files, a folder with one subfolder per class, the one loader of
+labelled image datasets into train/val/test splits (`load_image_splits`), and tensor
+augmentation."""
 from __future__ import annotations
 
+import functools
 import io
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from genforge.data import registry
+from genforge.data.batching import SPLIT_SEED, carve
 from genforge.data.registry import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -71,6 +78,135 @@ def load_image_folder(root: str | Path, channels: int | None = None,
     if not images:
         raise DataError(f"{root}: the class folders hold no images")
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
+
+
+NAMED = ("fashion-mnist", "mnist", "digits", "cifar10")  # labelled image datasets by name
+
+
+@dataclass
+class ImageSplits:
+    """Labelled images split three ways: {split: (uint8 images (N, C, H, W), int64 labels (N,))}."""
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    classes: list[str]
+    train_missing: bool  # a named dataset was found with its test split only (e.g. offline MNIST)
+
+
+def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
+                      test_fraction: float = 0.2, train_limit: int = 0, image_size: int = 0,
+                      channels: int = 0) -> ImageSplits:
+    """A named dataset (fashion-mnist, mnist, digits, cifar10) or a folder `data/<class>/<image>`
+    -> train/val/test splits, the same for every recipe that reads images.
+
+    One policy, every carve with the fixed SPLIT_SEED (independent of the training seed):
+      - a source with official train and test splits keeps them;
+      - a source without a separate test split (digits, a folder) or found with its test split
+        only (offline MNIST copies) is carved: `test_fraction` of it is the test split, the
+        rest is training data; the run says so once;
+      - `train_limit` keeps the first N training images, then `val_fraction` of those is
+        carved out for validation.
+    `image_size` (folders) resizes to a square side; `channels` converts a folder's images
+    (1 grey, 3 RGB) and must match a named dataset's images."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise DataError(f"{name}={value} must be at least 0 and below 1 (a fraction of the images)")
+    if train_limit < 0:
+        raise DataError(f"train_limit={train_limit} must be 0 (all images) or a positive count")
+    is_folder = data not in NAMED
+    # the search roots are part of the cache key: a changed GENFORGE_DATA or data_dir reloads
+    roots = tuple(str(p) for p in registry.search_roots(data_dir or None))
+    train, test, classes, train_missing = _load_source(
+        data, data_dir, roots, test_fraction,
+        image_size if is_folder else 0, channels if is_folder else 0)
+    if channels and train[0].shape[1] != channels:
+        raise DataError(f"data={data!r} has {train[0].shape[1]}-channel images but {channels}-channel "
+                        f"images are needed here; choose a dataset of {channels}-channel images")
+    x, y = train
+    if train_limit:
+        x, y = x[:train_limit], y[:train_limit]
+    rest, val = carve(len(x), val_fraction)
+    splits = {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": test}
+    for split in ("test", "train", "val"):  # in the order they are carved
+        if len(splits[split][0]) == 0 and not (split == "val" and val_fraction == 0):
+            raise DataError(
+                f"data={data!r}: the {split} split is empty ({len(train[0]) + len(test[0])} images, "
+                f"train_limit={train_limit}, val_fraction={val_fraction}, test_fraction="
+                f"{test_fraction}); add images or raise the fraction of that split")
+    return ImageSplits(splits, list(classes), train_missing)
+
+
+def _carve_test(x: torch.Tensor, y: torch.Tensor, test_fraction: float):
+    rest, test = carve(len(x), test_fraction)
+    return (x[rest], y[rest]), (x[test], y[test])
+
+
+@functools.lru_cache(maxsize=4)
+def _load_source(data: str, data_dir: str, roots: tuple[str, ...], test_fraction: float,
+                 image_size: int, channels: int):
+    """-> (train (x, y), test (x, y), class names, train_missing), before validation carving."""
+    if data in ("fashion-mnist", "mnist"):
+        return _load_idx(data, data_dir, test_fraction)
+    if data == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        # sklearn stores 0..16 intensities; scale to 0..255 like every other source
+        x = torch.from_numpy((d.images * (255.0 / 16.0)).round()).to(torch.uint8)[:, None]
+        train, test = _carve_test(x, torch.from_numpy(d.target).long(), test_fraction)
+        return train, test, registry.get("digits").classes, False
+    if data == "cifar10":
+        from genforge.data.cifar import CLASSES, load_cifar10
+
+        archive = registry.find("cifar10", "cifar-10-python.tar.gz", data_dir or None)
+        return load_cifar10(archive, "train"), load_cifar10(archive, "test"), CLASSES, False
+    path = Path(data)
+    if path.is_dir():
+        size = (image_size, image_size) if image_size else None
+        x, y, classes = load_image_folder(path, channels or None, size)
+        train, test = _carve_test(x, y, test_fraction)
+        return train, test, classes, False
+    raise DataError(
+        f"data={data!r} is neither a named image dataset ({', '.join(NAMED)}) nor a folder "
+        "of class subfolders with images (path/to/folder/<class name>/<image>.png)")
+
+
+def _load_idx(data: str, data_dir: str, test_fraction: float):
+    """MNIST-format datasets: the official 60k/10k splits, or the test split carved when only
+    it is found (offline copies of MNIST hold just t10k-*)."""
+    ds = registry.get(data)
+
+    def find(split):
+        return [registry.find(data, f, data_dir or None) for f in ds.splits[split]]
+
+    def read(split, paths):
+        from genforge.data.idx import read_idx
+
+        x, y = read_idx(paths[0]), read_idx(paths[1]).long()
+        if x.ndim != 3 or len(x) != len(y):
+            raise DataError(f"{data} {split}: images {tuple(x.shape)} and labels {tuple(y.shape)} "
+                            "do not match; delete the files and fetch them again")
+        return x[:, None], y  # (N, 1, H, W)
+
+    # only an absent (or undownloadable) training split falls back to the test split; a
+    # corrupt file stays an error
+    try:
+        train_paths = find("train")
+    except DataError as e:
+        missing_train = e
+    else:
+        return read("train", train_paths), read("test", find("test")), ds.classes, False
+    try:
+        test_paths = find("test")
+    except DataError:
+        raise DataError(f"{data}: neither its training nor its test split was found.\n"
+                        f"{missing_train}") from None
+    x, y = read("test", test_paths)
+    train, test = _carve_test(x, y, test_fraction)
+    print(f"note: {data}: no training split found, only its {len(x):,}-image test split; "
+          f"carving it with the fixed seed into {len(train[0]):,} training images (validation "
+          f"is carved from those) and {len(test[0]):,} test images (test_fraction="
+          f"{test_fraction}). To use the official split, put {' and '.join(ds.splits['train'])} "
+          f"into <GENFORGE_DATA or --data-dir>/{data}/.", file=sys.stderr)
+    return train, test, ds.classes, True
 
 
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 0,

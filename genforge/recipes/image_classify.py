@@ -1,17 +1,13 @@
 """Recipe: image classification (MLP, CNN, small ResNet) on named datasets or an image folder."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from genforge.config import TrainConfig
-from genforge.data import registry
-from genforge.data.batching import ShuffledBatches, carve, sequential_batches
-from genforge.data.images import load_image, load_image_folder, random_crop_flip
+from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.images import load_image, load_image_splits, random_crop_flip
 from genforge.evaluate.metrics import evaluate_classifier, top_predictions
 from genforge.models.cnn import CNN, CNNConfig, ResNet, ResNetConfig
 from genforge.models.mlp import MLP, MLPConfig
@@ -32,7 +28,7 @@ class Config(TrainConfig):
     data: str = "fashion-mnist"  # fashion-mnist | mnist | digits | cifar10 | path/to/folder
     data_dir: str = ""  # extra folder searched first for named datasets
     val_fraction: float = 0.1  # carved from train with a fixed seed
-    test_fraction: float = 0.2  # only for data without a test split (digits, image folders)
+    test_fraction: float = 0.2  # carved as test from data without a test split (digits, folders, offline MNIST)
     train_limit: int = 0  # use only the first N training images (0 = all)
     crop_pad: int = 0  # augmentation: random crop after padding by this many pixels
     flip: bool = False  # augmentation: random horizontal flip
@@ -94,59 +90,12 @@ TEST_CONFIGS = {
 # data
 
 
-@functools.lru_cache(maxsize=4)
-def _load(data: str, data_dir: str, image_size: int, channels: int):
-    """-> dict split -> (uint8 images (N, C, H, W), int64 labels), and class names."""
-    from genforge.data.idx import read_idx
-
-    if data in ("fashion-mnist", "mnist"):
-        ds = registry.get(data)
-        out = {}
-        for split, (img_f, lab_f) in ds.splits.items():
-            try:
-                x = read_idx(registry.find(data, img_f, data_dir or None))
-                y = read_idx(registry.find(data, lab_f, data_dir or None)).long()
-            except registry.DataError as e:
-                if split == "train":
-                    raise registry.DataError(f"{data}: the training split is missing. {e}") from None
-                raise
-            if x.ndim != 3 or len(x) != len(y):
-                raise registry.DataError(f"{data} {split}: images {tuple(x.shape)} and labels "
-                                         f"{tuple(y.shape)} do not match")
-            out[split] = (x[:, None], y)  # (N, 1, 28, 28)
-        return out, list(ds.classes)
-    if data == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        # sklearn stores 0..16 intensities; scale to 0..255 like every other source
-        x = torch.from_numpy((d.images * (255.0 / 16.0)).round()).to(torch.uint8)[:, None]
-        y = torch.from_numpy(d.target).long()
-        rest, test = carve(len(x), 0.2)
-        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, list(registry.get("digits").classes)
-    if data == "cifar10":
-        from genforge.data.cifar import CLASSES, load_cifar10
-
-        archive = registry.find("cifar10", "cifar-10-python.tar.gz", data_dir or None)
-        return {s: load_cifar10(archive, s) for s in ("train", "test")}, list(CLASSES)
-    path = Path(data)
-    if path.is_dir():
-        size = (image_size, image_size) if image_size else None
-        x, y, classes = load_image_folder(path, channels or None, size)
-        rest, test = carve(len(x), 0.2)
-        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, classes
-    raise registry.DataError(
-        f"data={data!r} is neither a named image dataset (fashion-mnist, mnist, digits, cifar10) "
-        "nor a folder of class subfolders with images")
-
-
 def _splits(cfg: Config) -> tuple[dict, list[str]]:
-    raw, classes = _load(cfg.data, cfg.data_dir, cfg.image_size, cfg.channels)
-    x, y = raw["train"]
-    if cfg.train_limit:
-        x, y = x[:cfg.train_limit], y[:cfg.train_limit]
-    rest, val = carve(len(x), cfg.val_fraction)
-    return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}, classes
+    """{train, val, test: (uint8 images (N, C, H, W), labels)} and class names, by the one
+    image loader every image recipe shares (genforge.data.images.load_image_splits)."""
+    d = load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
+                          cfg.train_limit, cfg.image_size, cfg.channels)
+    return d.splits, d.classes
 
 
 def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:

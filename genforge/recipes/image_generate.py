@@ -11,12 +11,14 @@ classifier run given as `classifier=RUN`, class-consistency, the VAE's negative 
 The GAN's update is two optimisers (D then G, Adam beta1=0.5 as in DCGAN), so this recipe
 defines `optimizers` + `update`; for the VAE and the diffusion model `update` is the ordinary
 one-loss step (the same clip/penalty as the trainer's) with one optimiser.
+
+About 400 lines because it is the whole task for three families (data, update, sampling, CLI
+generation, evaluation); the families themselves live in models/, the data in data/images.py.
 """
 from __future__ import annotations
 
 import functools
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,8 @@ from pathlib import Path
 import torch
 
 from genforge.config import ConfigError, TrainConfig
-from genforge.data import registry
-from genforge.data.batching import SPLIT_SEED, ShuffledBatches, carve, sequential_batches
-from genforge.data.images import load_image_folder
+from genforge.data.batching import SPLIT_SEED, ShuffledBatches, sequential_batches
+from genforge.data.images import load_image_splits
 from genforge.generate.images import save_grid
 from genforge.models.diffusion import Diffusion, DiffusionConfig
 from genforge.models.gan import GAN, GANConfig
@@ -51,7 +52,7 @@ class Config(TrainConfig):
     data_dir: str = ""  # extra folder searched first for named datasets
     conditional: bool = True  # condition on the class label (CVAE / cGAN / CFG diffusion)
     val_fraction: float = 0.1  # carved from train with a fixed seed
-    test_fraction: float = 0.2  # only for data without a test split (image folders, offline MNIST)
+    test_fraction: float = 0.2  # carved as test from data without a test split (folders, offline MNIST)
     train_limit: int = 0  # use only the first N training images (0 = all)
     image_size: int = 0  # resize a folder's images to this side (0 = keep the first's size)
     batch_size: int = 128
@@ -59,12 +60,14 @@ class Config(TrainConfig):
     # quality metrics at evaluation (FID etc. need a genforge image-classify run on the same data)
     classifier: str = ""  # run directory of an image-classify model (e.g. runs/cnn-fashion)
     eval_samples: int = 500  # generated images per evaluation when `classifier` is set
+
     # sampling defaults (`genforge generate` options override them)
     sample_grid: int = 100  # images in the grid written at each evaluation
     sample_steps: int = 50  # DDIM steps (diffusion)
     guidance: float = 2.0  # classifier-free guidance scale (conditional diffusion); 1 = none
     # (2: the lowest FID of 1.5 / 2 / 3 after ~1,700 steps in bench/bench_imagegen.py; a model
     # trained longer wants less: 1.5 had the lowest validation FID after ~5,700 steps)
+
     # filled from the data by `build`, saved in config.json so runs load without the data
     classes: list[str] = field(default_factory=list)
     channels: int = 0
@@ -103,54 +106,12 @@ TEST_SAMPLE = {"n": 4}
 # data
 
 
-@functools.lru_cache(maxsize=4)
-def _load(data: str, data_dir: str, image_size: int, test_fraction: float):
-    """-> ({split: (uint8 images (N, C, H, W), int64 labels)}, class names)."""
-    from genforge.data.idx import read_idx
-
-    if data in ("fashion-mnist", "mnist"):
-        ds = registry.get(data)
-        classes = list(registry.get(data).classes)
-        out = {}
-        for split, (img_f, lab_f) in ds.splits.items():
-            try:
-                x = read_idx(registry.find(data, img_f, data_dir or None))
-                y = read_idx(registry.find(data, lab_f, data_dir or None))
-            except registry.DataError:
-                if split == "train" and data == "mnist":
-                    continue  # offline copies may hold the test split only: handled below
-                raise
-            out[split] = (x[:, None], y.long())  # (N, 1, 28, 28)
-        if "train" not in out:
-            if "test" not in out:
-                raise registry.DataError(f"{data}: no split found")
-            # only the 10k test images exist here: train on a fixed 80%, test on the rest
-            print(f"note: the {data} training split is not available; training on "
-                  f"{1 - test_fraction:.0%} of its test split and testing on the rest",
-                  file=sys.stderr)
-            x, y = out["test"]
-            rest, test = carve(len(x), test_fraction)
-            out = {"train": (x[rest], y[rest]), "test": (x[test], y[test])}
-        return out, classes
-    path = Path(data)
-    if path.is_dir():
-        size = (image_size, image_size) if image_size else None
-        x, y, classes = load_image_folder(path, None, size)
-        rest, test = carve(len(x), test_fraction)
-        return {"train": (x[rest], y[rest]), "test": (x[test], y[test])}, classes
-    raise registry.DataError(
-        f"data={data!r} is neither a named image dataset (fashion-mnist, mnist) nor a folder "
-        "of class subfolders with images")
-
-
 def splits(cfg: Config) -> tuple[dict, list[str]]:
-    """{train, val, test: (uint8 images, labels)} and class names."""
-    raw, classes = _load(cfg.data, cfg.data_dir, cfg.image_size, cfg.test_fraction)
-    x, y = raw["train"]
-    if cfg.train_limit:
-        x, y = x[:cfg.train_limit], y[:cfg.train_limit]
-    rest, val = carve(len(x), cfg.val_fraction)
-    return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}, classes
+    """{train, val, test: (uint8 images, labels)} and class names, by the one image loader
+    every image recipe shares (genforge.data.images.load_image_splits)."""
+    d = load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
+                          cfg.train_limit, cfg.image_size, cfg.channels)
+    return d.splits, d.classes
 
 
 def _to_unit(batch, gen=None):

@@ -1,22 +1,20 @@
 """Recipe: images classified as sequences of pixel rows by an RNN / LSTM / GRU.
 
+Data and splits come from the loader every image recipe shares (genforge.data.images):
 Fashion-MNIST uses its 60k/10k train/test splits (validation carved from train). MNIST offline
-copies often hold only the 10k test split: then that split is carved with a fixed seed into
-train 8,000 (val_fraction of it for validation) / test 2,000, and the run says so.
+copies often hold only the 10k test split: then that split is carved with the fixed seed into
+train 8,000 (val_fraction of it for validation) / test 2,000 (test_fraction), and the run says so.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from genforge.config import TrainConfig
-from genforge.data import registry
-from genforge.data.batching import SPLIT_SEED, ShuffledBatches, carve, sequential_batches
-from genforge.data.idx import read_idx
-from genforge.data.images import load_image
+from genforge.data.batching import ShuffledBatches, sequential_batches
+from genforge.data.images import load_image, load_image_splits
 from genforge.evaluate.metrics import evaluate_classifier, top_predictions
 from genforge.models.seq_image import RowSequenceClassifier, SeqImageConfig
 
@@ -28,9 +26,10 @@ TASK = "image-classification"  # what `genforge serve` offers: POST /v1/classifi
 @dataclass
 class Config(TrainConfig):
     model: str = "rnn"
-    data: str = "fashion-mnist"  # fashion-mnist | mnist
-    data_dir: str = ""
-    val_fraction: float = 0.1
+    data: str = "fashion-mnist"  # fashion-mnist | mnist | digits | path/to/folder (read in grey)
+    data_dir: str = ""  # extra folder searched first for named datasets
+    val_fraction: float = 0.1  # carved from train with a fixed seed
+    test_fraction: float = 0.2  # carved as test from data without a test split (offline MNIST, folders)
     train_limit: int = 0  # use only the first N training images (0 = all)
     batch_size: int = 128
     epochs: float = 8.0
@@ -65,39 +64,15 @@ TEST_CONFIGS = {
 }
 
 
-@functools.lru_cache(maxsize=2)
-def _load(data: str, data_dir: str) -> tuple[dict, list[str], bool]:
-    """-> ({split: (uint8 (N, H, W), labels)}, class names, test_only_source)."""
-    if data not in ("fashion-mnist", "mnist"):
-        raise registry.DataError(f"data={data!r}: sequence-classify reads fashion-mnist or mnist")
-    ds = registry.get(data)
-
-    def read(split):
-        img_f, lab_f = ds.splits[split]
-        x = read_idx(registry.find(data, img_f, data_dir or None, download_ok=split == "train"))
-        y = read_idx(registry.find(data, lab_f, data_dir or None, download_ok=split == "train"))
-        return x, y.long()
-
-    classes = list(registry.get(data).classes)
-    test = read("test")
-    try:
-        return {"train": read("train"), "test": test}, classes, False
-    except registry.DataError:
-        if data != "mnist":
-            raise
-    x, y = test
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    tr, te = perm[:8000], perm[8000:]
-    return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}, classes, True
+def _load(cfg: Config):
+    """The one image loader every image recipe shares (genforge.data.images), in grey."""
+    return load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
+                             cfg.train_limit, channels=1)
 
 
 def _splits(cfg: Config) -> dict:
-    raw, _, _ = _load(cfg.data, cfg.data_dir)
-    x, y = raw["train"]
-    if cfg.train_limit:
-        x, y = x[: cfg.train_limit], y[: cfg.train_limit]
-    rest, val = carve(len(x), cfg.val_fraction, SPLIT_SEED + 1)
-    return {"train": (x[rest], y[rest]), "val": (x[val], y[val]), "test": raw["test"]}
+    """{train, val, test: (uint8 images (N, 1, H, W), labels)}."""
+    return _load(cfg).splits
 
 
 def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -106,14 +81,11 @@ def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 
 def build(cfg: Config, run_dir=None) -> torch.nn.Module:
     if not cfg.classes:
-        _, classes, test_only = _load(cfg.data, cfg.data_dir)
-        x = _splits(cfg)["train"][0].float() / 255.0
-        cfg.classes, cfg.test_only_source = list(classes), test_only
-        cfg.height, cfg.width = x.shape[1], x.shape[2]
+        d = _load(cfg)  # says so when the test split had to be carved (offline MNIST)
+        x = d.splits["train"][0].float() / 255.0
+        cfg.classes, cfg.test_only_source = d.classes, d.train_missing
+        cfg.height, cfg.width = x.shape[2], x.shape[3]
         cfg.mean, cfg.std = round(x.mean().item(), 6), round(x.std().item(), 6)
-        if test_only:
-            print(f"{cfg.data}: no training split found; training on 8,000 (minus validation) / "
-                  "testing on 2,000 images carved from its test split")
     mc = cfg.model_cfg
     mc.in_channels, mc.width, mc.n_classes = 1, cfg.width, len(cfg.classes)
     return RowSequenceClassifier(mc)
