@@ -80,6 +80,32 @@ def test_gradient_x_embedding_of_bag_model_matches_closed_form():
     torch.testing.assert_close(scores, expected)
 
 
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_attention_rows_where_the_recipe_declares_them(name):
+    """Each text encoder's attention is read exactly where text-classify declares it: one
+    row over the tokens per pooling hop, or one row (the Transformer's last layer, averaged
+    over queries); a row of softmax weights sums to one."""
+    from genforge.config import make_config
+    from genforge.evaluate.explain import attention_rows
+    from genforge.recipes import capabilities, get_recipe
+
+    recipe = get_recipe("text-classify")
+    caps = capabilities(recipe, make_config(recipe, {"model": name}))
+    C, M = ENCODERS[name]
+    torch.manual_seed(0)
+    model = M(C(vocab_size=40, n_classes=2)).eval()
+    tokens = torch.randint(2, 40, (1, 7))
+    att = attention_rows(model, tokens, caps)
+    if name not in ("attention", "transformer"):
+        assert att is None
+        return
+    rows, names = att
+    assert len(rows) == len(names) >= 1 and all(len(r) == 7 for r in rows)
+    for r in rows:
+        assert abs(sum(r) - 1) < 1e-4
+    assert attention_rows(model, tokens, frozenset()) is None  # undeclared: not read
+
+
 def test_unknown_method_is_one_clear_error():
     from genforge.evaluate.explain import explain_image
 

@@ -97,18 +97,20 @@ def token_attributions(model, tokens: torch.Tensor, target: int | None = None,
     return (e.grad * e).sum(-1)[0].detach(), target, probs[target].item(), None
 
 
-def attention_rows(model, tokens: torch.Tensor) -> tuple[list[list[float]], list[str]] | None:
-    """The model's own attention over the tokens: self-attentive pooling hops, or the
-    Transformer's last layer (head mean) averaged over query positions."""
+def attention_rows(model, tokens: torch.Tensor, capabilities: frozenset[str]
+                   ) -> tuple[list[list[float]], list[str]] | None:
+    """The model's own attention over the tokens, where its recipe declares it (see
+    genforge.recipes.CAPABILITIES): self-attentive pooling hops, or the Transformer's last
+    layer (head mean) averaged over query positions."""
     with torch.no_grad():
-        if hasattr(model, "blocks"):  # TransformerEncoder
+        if "self-attention" in capabilities:
             model(tokens, need_weights=True)
             return [model.attention[0].mean(0).tolist()], ["last-layer attention (mean over queries)"]
-        model(tokens)
-    A = getattr(model, "attention", None)
-    if A is None:
-        return None
-    return [row.tolist() for row in A[0]], [f"attention hop {i + 1}" for i in range(A.shape[1])]
+        if "attention-pooling" in capabilities:
+            model(tokens)
+            A = model.attention  # (B, hops, T)
+            return [row.tolist() for row in A[0]], [f"attention hop {i + 1}" for i in range(A.shape[1])]
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,14 +201,17 @@ def overlay_png(image: torch.Tensor, attr: torch.Tensor, path: str | Path, title
 # runs
 
 
-def explain_text(model, cfg, text: str, method: str = "ig", n_steps: int = 64) -> TokenAttribution:
+def explain_text(model, cfg, text: str, method: str = "ig", n_steps: int = 64,
+                 capabilities: frozenset[str] = frozenset()) -> TokenAttribution:
+    """`capabilities`: what the run's recipe declares; attention rows are added where it
+    declares attention weights."""
     from genforge.recipes.text_classify import vocabulary
 
     vocab = vocabulary(cfg)
     ids = vocab.encode(text, cfg.max_len)
     tokens = torch.tensor([ids])
     scores, target, prob, delta = token_attributions(model, tokens, None, method, n_steps)
-    att = attention_rows(model, tokens)
+    att = attention_rows(model, tokens, capabilities)
     return TokenAttribution(vocab.tokens(text, cfg.max_len), scores.tolist(), cfg.classes[target],
                             prob, method, delta, *(att or (None, None)))
 
@@ -247,14 +252,16 @@ def explain_image(model, cfg, path: str, method: str = "ig", n_steps: int = 64,
 def explain_run(run: str | Path, inp: str, method: str = "ig", out: str | Path | None = None,
                 checkpoint: str = "best", n_steps: int = 64, echo=print) -> Path:
     """What `genforge explain RUN INPUT` does. Returns the file written."""
+    from genforge.recipes import capabilities
     from genforge.train.checkpoint import load_run
 
     _check_method(method)
     run = Path(run)
     recipe, cfg, model = load_run(run, checkpoint)
-    if hasattr(cfg, "vocab_size") and hasattr(model, "embed"):  # a text classifier
+    caps = capabilities(recipe, cfg)
+    if "text-input" in caps:
         text = Path(inp).read_text() if inp.endswith(".txt") and Path(inp).is_file() else inp
-        ta = explain_text(model, cfg, text, method, n_steps)
+        ta = explain_text(model, cfg, text, method, n_steps, caps)
         from rich.console import Console
 
         con = Console(highlight=False)
@@ -269,7 +276,7 @@ def explain_run(run: str | Path, inp: str, method: str = "ig", out: str | Path |
             con.print(f"{name}: " + ", ".join(f"{t} {s:.2f}" for s, t in top))
         out = Path(out) if out else run / "explain" / f"text_{method}.html"
         path = write_html(ta, out, text)
-    elif hasattr(cfg, "height") and hasattr(cfg, "mean"):  # an image classifier
+    elif "image-input" in caps:
         if not Path(inp).is_file():
             raise FileNotFoundError(f"image file not found: {inp}")
         out = Path(out) if out else run / "explain" / f"{Path(inp).stem}_{method}.png"

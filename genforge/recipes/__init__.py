@@ -55,3 +55,34 @@ def resolve(name: str) -> tuple[str, ModuleType, dict]:
         f"unknown recipe or preset {name!r}. Recipes: {', '.join(RECIPES)}; "
         f"presets: {', '.join(presets)}"
     )
+
+
+# What a run can do beyond its TASK, declared by its recipe as `capabilities(cfg) ->
+# frozenset[str]` (optional; none when absent), so the server and `genforge explain` ask the
+# recipe instead of testing family names or model attributes. value -> what it promises:
+CAPABILITIES: dict[str, str] = {
+    "recurrent": "text generation with a carried state instead of a context window: any "
+                 "prompt length fits (the server bounds it by --max-prompt-tokens, default 4096)",
+    "guidance": "sample(..., guidance=SCALE) applies classifier-free guidance",
+    "sampling-steps": "sample(..., steps=N) chooses the number of sampling steps",
+    "text-input": "a classifier of token ids (B, T) embedded by `model.embed` (explain "
+                  "attributes to those embeddings); `cfg.max_len` and the text vocabulary apply",
+    "image-input": "a classifier of normalised images ((x - cfg.mean) / cfg.std at "
+                   "cfg.height x cfg.width)",
+    "attention-pooling": "every forward keeps its attentive-pooling weights (B, hops, T) in "
+                         "`model.attention` (Lin et al. 2017)",
+    "self-attention": "forward(tokens, need_weights=True) keeps the last layer's attention "
+                      "(B, T, T), mean over heads, in `model.attention`",
+}
+
+
+def capabilities(recipe: ModuleType, cfg) -> frozenset[str]:
+    """What `recipe` declares for the run configured by `cfg` (empty when it declares nothing)."""
+    declare = getattr(recipe, "capabilities", None)
+    caps = frozenset(declare(cfg)) if declare is not None else frozenset()
+    unknown = caps - CAPABILITIES.keys()
+    if unknown:
+        raise ValueError(f"{recipe.__name__}.capabilities declares {', '.join(sorted(unknown))}, "
+                         f"which genforge does not know; use values of genforge.recipes.CAPABILITIES "
+                         f"({', '.join(CAPABILITIES)})")
+    return caps

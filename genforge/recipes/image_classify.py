@@ -22,6 +22,11 @@ MODELS = {
 TASK = "image-classification"  # what `genforge serve` offers: POST /v1/classifications
 
 
+def capabilities(cfg) -> frozenset[str]:
+    """What this run can do beyond TASK (values: genforge.recipes.CAPABILITIES)."""
+    return frozenset({"image-input"})
+
+
 @dataclass
 class Config(TrainConfig):
     model: str = "cnn"

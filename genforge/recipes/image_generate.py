@@ -45,6 +45,11 @@ MODELS = {
 TASK = "image-generation"  # what `genforge serve` offers (see genforge/serve)
 
 
+def capabilities(cfg) -> frozenset[str]:
+    """What this run can do beyond TASK (values: genforge.recipes.CAPABILITIES)."""
+    return frozenset({"guidance", "sampling-steps"}) if cfg.model == "diffusion" else frozenset()
+
+
 @dataclass
 class Config(TrainConfig):
     model: str = "vae"

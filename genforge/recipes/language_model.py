@@ -39,6 +39,11 @@ MODELS = {
 TASK = "text-generation"  # what `genforge serve` offers (see genforge/serve)
 
 
+def capabilities(cfg) -> frozenset[str]:
+    """What this run can do beyond TASK (values: genforge.recipes.CAPABILITIES)."""
+    return frozenset({"recurrent"}) if MODELS[cfg.model][1] is RNNLM else frozenset()
+
+
 @dataclass
 class Config(TrainConfig):
     model: str = "gpt"

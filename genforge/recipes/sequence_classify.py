@@ -23,6 +23,11 @@ MODELS = {"rnn": (SeqImageConfig, RowSequenceClassifier)}  # the cell is `model.
 TASK = "image-classification"  # what `genforge serve` offers: POST /v1/classifications
 
 
+def capabilities(cfg) -> frozenset[str]:
+    """What this run can do beyond TASK (values: genforge.recipes.CAPABILITIES)."""
+    return frozenset({"image-input"})
+
+
 @dataclass
 class Config(TrainConfig):
     model: str = "rnn"

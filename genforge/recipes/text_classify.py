@@ -29,6 +29,12 @@ MODELS = dict(ENCODERS)  # bag | cnn | rnn | attention | transformer
 TASK = "text-classification"  # what `genforge serve` offers: POST /v1/classifications
 
 
+def capabilities(cfg) -> frozenset[str]:
+    """What this run can do beyond TASK (values: genforge.recipes.CAPABILITIES)."""
+    attention = {"attention": {"attention-pooling"}, "transformer": {"self-attention"}}
+    return frozenset({"text-input", *attention.get(cfg.model, ())})
+
+
 @dataclass
 class Config(TrainConfig):
     model: str = "cnn"
