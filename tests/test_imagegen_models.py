@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from genforge.models.diffusion import Diffusion, DiffusionConfig, make_betas
@@ -169,6 +170,47 @@ def test_patched_unet_is_a_pixel_unet_on_stacked_2x2_blocks():
         Diffusion(DiffusionConfig(image_size=28, patch_size=2, channel_mult=(1, 2, 2)))
     with pytest.raises(ValueError, match="patch_size must be >= 1"):
         Diffusion(DiffusionConfig(image_size=28, patch_size=0))
+
+
+def test_unet_attention_is_conv_attention_and_loads_conv_checkpoints(tmp_path):
+    """The U-Net's attention over H*W tokens (shared MultiHeadAttention, Linear projections)
+    equals the 1x1-conv formulation runs were saved with, and such a run's weights (conv
+    shapes, old names) still load through the run loader and give the same noise prediction."""
+    from safetensors.torch import save_file
+
+    from genforge.models.diffusion import Attention
+    from genforge.train.checkpoint import load_weights
+
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(n_classes=3, base_channels=8, timesteps=50, image_size=8,
+                          channel_mult=(1, 2), n_head=4)
+    model = Diffusion(cfg).eval()
+    torch.nn.init.normal_(model.net.out[-1].weight, std=0.1)  # non-zero output
+    attn = model.net.mid_attn
+    # the conv formulation, written out: qkv and proj as 1x1 convs over (B, C, H, W)
+    x = torch.randn(2, 16, 4, 4)
+    B, C, H, W = x.shape
+    qkv_w = attn.attn.qkv.weight[:, :, None, None]
+    proj_w = attn.attn.proj.weight[:, :, None, None]
+    qkv = F.conv2d(attn.norm(x), qkv_w, attn.attn.qkv.bias).reshape(B, 3, 4, C // 4, H * W)
+    q, k, v = (a.transpose(-1, -2) for a in qkv.unbind(1))  # (B, nh, HW, hs)
+    h = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
+    torch.testing.assert_close(attn(x), x + F.conv2d(h, proj_w, attn.attn.proj.bias))
+
+    old = {}
+    for k_, v_ in model.state_dict().items():
+        if ".mid_attn.attn." in k_:
+            k_ = k_.replace(".mid_attn.attn.", ".mid_attn.")
+            v_ = v_[:, :, None, None] if v_.dim() == 2 else v_
+        old[k_] = v_.contiguous()
+    assert "net.mid_attn.qkv.weight" in old and old["net.mid_attn.qkv.weight"].dim() == 4
+    save_file(old, str(tmp_path / "model.safetensors"))
+    torch.manual_seed(1)
+    loaded = Diffusion(cfg).eval()
+    load_weights(loaded, tmp_path / "model.safetensors")
+    xt, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 40]), torch.tensor([0, 2])
+    torch.testing.assert_close(loaded.eps(xt, t, y), model.eps(xt, t, y))
+    assert isinstance(loaded.net.mid_attn, Attention)
 
 
 def test_min_snr_weighting_matches_its_formula():

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.attention import MultiHeadAttention
+
 # ---------------------------------------------------------------------------------------
 # noise schedule
 
@@ -72,23 +74,30 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the H*W positions, residual."""
+    """Multi-head self-attention over the H*W positions as tokens, residual. The projections
+    are Linear over channels (what a 1x1 convolution is)."""
 
     def __init__(self, ch: int, n_head: int):
         super().__init__()
-        self.n_head = n_head
         self.norm = norm(ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = nn.Conv2d(ch, ch, 1)
+        self.attn = MultiHeadAttention(ch, n_head, bias=True)
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.n_head, C // self.n_head, H * W).unbind(1)
-        # (B, nh, hs, HW) -> (B, nh, HW, hs)
-        q, k, v = (a.transpose(-1, -2) for a in (q, k, v))
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
-        return x + self.proj(h)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        h = self.attn(tokens).transpose(1, 2).reshape(B, C, H, W)
+        return x + h
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before the shared attention had 1x1 convs `qkv`, `proj` here, weights
+        # (out, in, 1, 1), same channel layout: renamed and flattened, they load unchanged
+        for name in ("qkv", "proj"):
+            for p in ("weight", "bias"):
+                old = f"{prefix}{name}.{p}"
+                if old in state_dict:
+                    w = state_dict.pop(old)
+                    state_dict[f"{prefix}attn.{name}.{p}"] = w.flatten(1) if w.dim() == 4 else w
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class UNet(nn.Module):
@@ -172,6 +181,7 @@ class DiffusionConfig:
     timesteps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     p_uncond: float = 0.1  # label dropout for classifier-free guidance (Ho & Salimans 2022)
+
     # loss weight min(SNR_t, gamma) / SNR_t per timestep ("Min-SNR", Hang et al. 2023): the
     # nearly noise-free timesteps, easy and conflicting with the rest, stop dominating the
     # gradient, which speeds up convergence; 0 = the plain unweighted objective
