@@ -311,6 +311,21 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="folder holding run di
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+@app.command("import")
+def import_cmd(
+    source: str = typer.Argument(..., help="a .gguf file, a Hugging Face model folder, or a Hub repo id"),
+    out: Path = typer.Option(..., "--out", help="run directory to create, e.g. runs/smollm2"),
+    dtype: str = typer.Option("float32", "--dtype", help="stored weights: float32, bfloat16 or float16"),
+) -> None:
+    """Import pretrained Llama-family weights (Llama, Mistral, Qwen2, SmolLM) as a run."""
+    from genforge.pretrained import import_run
+
+    t0 = time.perf_counter()
+    import_run(source, out, dtype, log=typer.echo)
+    typer.echo(f"done in {time.perf_counter() - t0:.1f}s: {out}\n"
+               f"try: genforge generate {out} --prompt \"Once upon a time\" --stream")
+
+
 @app.command()
 def quickstart(
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/quickstart-<time>)"),

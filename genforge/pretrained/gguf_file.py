@@ -129,7 +129,8 @@ def _dequantize(t, where: str) -> torch.Tensor:
         raise PretrainedError(f"{where}: tensor {t.name} uses quantization {t.tensor_type.name}, "
                               f"which cannot be read; supported: {', '.join(supported_types())}") from None
     shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions fastest first
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(shape))
+    # a copy: unquantized tensors come back as read-only views of the memory-mapped file
+    return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
 
 
 def load_gguf(path: str | Path):

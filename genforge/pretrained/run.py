@@ -67,6 +67,9 @@ def import_run(source: str | Path, out: str | Path, dtype: str = "float32",
     run_cfg.model_cfg = cfg
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.importing-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the run private, unlike trained runs
     try:
         (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n",

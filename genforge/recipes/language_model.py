@@ -20,6 +20,7 @@ from genforge.config import ConfigError, TrainConfig
 from genforge.data import text as T
 from genforge.data.tokenizers import load_tokenizer, train_tokenizer
 from genforge.generate.sampling import SamplingConfig, generate_text, stream_text
+from genforge.models.llama import Llama, LlamaConfig
 from genforge.models.rnn import RNNLM, RNNConfig
 from genforge.models.transformer import GPT, GPTConfig
 
@@ -31,6 +32,7 @@ def _rnn_config(cell: str):
 MODELS = {
     "gpt": (GPTConfig, GPT),
     "gru": (_rnn_config("gru"), RNNLM),
+    "llama": (LlamaConfig, Llama),  # Llama/Mistral/Qwen2/SmolLM; pretrained: `genforge import`
     "lstm": (_rnn_config("lstm"), RNNLM),
     "rnn": (_rnn_config("rnn"), RNNLM),
 }
@@ -51,7 +53,9 @@ class Config(TrainConfig):
     data_dir: str = ""  # extra folder searched first for named datasets
     delimiter: str = ""  # records separated by lines holding only this (e.g. "%")
     val_fraction: float = 0.1  # the tail of the text held out for validation
-    tokenizer: str = "char"  # char | bpe (byte-level BPE, any Unicode)
+    # char | bpe (byte-level BPE, any Unicode) | pretrained (the run's own tokenizer.json,
+    # e.g. written by `genforge import`)
+    tokenizer: str = "char"
     bpe_vocab: int = 1024  # vocabulary size of the BPE tokenizer
     max_steps: int = 2000
     batch_size: int = 32
@@ -140,6 +144,10 @@ def tokenizer(cfg: Config, run_dir=None):
         tok = load_tokenizer(path)
     elif key in _TOKENIZERS:
         tok = _TOKENIZERS[key]
+    elif cfg.tokenizer == "pretrained":
+        raise ConfigError("tokenizer=pretrained reads RUN/tokenizer.json, and there is none "
+                          + (f"in {run_dir}" if run_dir else "(no run directory given)")
+                          + "; import a model with `genforge import SOURCE --out RUN`")
     else:
         corpus = _corpus(*_key(cfg))
         source = corpus.train + corpus.val if cfg.tokenizer == "char" else corpus.train
@@ -173,7 +181,12 @@ def tokens(cfg: Config, split: str) -> torch.Tensor:
 
 def build(cfg: Config, run_dir=None) -> torch.nn.Module:
     tok = tokenizer(cfg, run_dir)
-    cfg.model_cfg.vocab_size = tok.vocab_size
+    if cfg.tokenizer == "pretrained":  # the checkpoint's embedding may be padded past the tokenizer
+        if tok.vocab_size > cfg.model_cfg.vocab_size:
+            raise ConfigError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
+                              f"{cfg.model_cfg.vocab_size} embeddings")
+    else:
+        cfg.model_cfg.vocab_size = tok.vocab_size
     return MODELS[cfg.model][1](cfg.model_cfg)
 
 
