@@ -269,6 +269,13 @@ def test_mnist_with_only_its_test_split_is_carved_the_same_for_every_recipe(
     assert "train-images-idx3-ubyte.gz" in err and "test_fraction=0.2" in err
 
 
+def test_digits_are_carved_the_same_for_every_recipe():
+    want = _fingerprint(_recipe_splits("image-classify", {"data": "digits"}))
+    assert {k: v[0] for k, v in want.items()} == {"train": 1294, "val": 144, "test": 359}
+    for name in _IMAGE_RECIPES[1:]:
+        assert _fingerprint(_recipe_splits(name, {"data": "digits"})) == want, name
+
+
 def test_image_classify_test_fraction_sets_the_carve(tmp_path, monkeypatch, data_root):
     sizes = {}
     for frac in (0.2, 0.3):

@@ -86,6 +86,8 @@ def test_mnist_trains_from_its_test_split_when_the_train_split_is_missing(data_r
     # the held-out test images are disjoint from the training images
     train = {bytes(x.numpy()) for x in sp["train"][0][:2000]}
     assert not any(bytes(x.numpy()) in train for x in sp["test"][0])
+    cfg.test_fraction = 0.3  # the carve follows test_fraction
+    assert {k: len(v[0]) for k, v in R.splits(cfg)[0].items()} == {"train": 6300, "val": 700, "test": 3000}
 
 
 def test_quality_metrics_with_a_real_classifier_run(tmp_path):

@@ -99,8 +99,9 @@ DATASETS: dict[str, Dataset] = {
                      "fc607395669ec21321ea83e4b82c0544b7e8e63ff5b34337c06bc0a17cc0da3c"),
         ),
         system_dirs=("/usr/share/dataset-mnist", "/usr/share/mnist"),
-        notes=("Offline copies often carry only the MNIST test split (t10k-*); the training "
-               "split must be downloaded (needs internet) or placed in the dataset folder. "
+        notes=("Offline copies often carry only the MNIST test split (t10k-*); the image "
+               "recipes then carve train/test from it (test_fraction). The official training "
+               "split must be downloaded (needs internet) or placed in the dataset folder; "
                "`--set data=fashion-mnist` trains on a dataset with both splits."),
         classes=tuple(str(i) for i in range(10)),
         splits={
