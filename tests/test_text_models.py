@@ -78,16 +78,21 @@ def test_attention_weights_ignore_pads_and_sum_to_one():
 
 
 def test_transformer_attention_matches_sdpa_weights():
-    """The explicit weights handed to `explain` are the ones SDPA used: recompute the output."""
-    from genforge.models.text_encoders import SelfAttention
+    """The explicit weights handed to `explain` are the ones the fused (SDPA) path used:
+    recompute its output from them."""
+    from genforge.models.text_encoders import TransformerEncoder, TransformerTextConfig
 
     torch.manual_seed(0)
-    att = SelfAttention(16, 4, 0.0).eval()
+    att = TransformerEncoder(TransformerTextConfig(vocab_size=VOCAB, emb_dim=16, n_head=4)).eval()
+    att = att.blocks[0].attn
     x = torch.randn(2, 5, 16)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    y, w = att(x, mask, need_weights=True)
+    fused = att(x, key_padding_mask=mask)
+    y, w = att(x, key_padding_mask=mask, need_weights=True)
+    assert w.shape == (2, 4, 5, 5) and w[0, :, :, 3:].abs().max() == 0
     v = att.qkv(x).split(16, dim=2)[2].view(2, 5, 4, 4).transpose(1, 2)
     y2 = att.proj((w @ v).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(fused, y2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-5)
 
 

@@ -23,13 +23,14 @@ embeddings, and `.attention` (last forward's attention weights) where it has the
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from genforge.models.attention import MultiHeadAttention
 
 
 # ---------------------------------------------------------------------------------------
@@ -305,47 +306,21 @@ class AttentionPooling(TextClassifier):
 # small Transformer encoder
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a key-padding mask, via F.scaled_dot_product_attention;
-    `need_weights` recomputes the softmax explicitly to hand the weights to `explain`."""
-
-    def __init__(self, d: int, n_head: int, dropout: float):
-        super().__init__()
-        assert d % n_head == 0, "emb_dim must be divisible by n_head"
-        self.n_head = n_head
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in (q, k, v))  # (B, nh, T, hs)
-        keep = mask[:, None, None, :]  # (B, 1, 1, T): every query may look at real keys only
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        weights = None
-        if need_weights:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (B, nh, T, T)
-            weights = att.masked_fill(~keep, float("-inf")).softmax(-1).detach()
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.proj(y), weights
-
-
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: TransformerTextConfig):
         super().__init__()
         d = cfg.emb_dim
         self.ln1 = nn.LayerNorm(d)
-        self.attn = SelfAttention(d, cfg.n_head, cfg.dropout)
+        # the shared attention; `need_weights` hands its softmax weights to `explain`
+        self.attn = MultiHeadAttention(d, cfg.n_head, bias=True, dropout=cfg.dropout)
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(),
                                  nn.Linear(cfg.ff_mult * d, d), nn.Dropout(cfg.dropout))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask, need_weights=False):
-        a, w = self.attn(self.ln1(x), mask, need_weights)
+        a = self.attn(self.ln1(x), key_padding_mask=mask, need_weights=need_weights)
+        a, w = a if need_weights else (a, None)
         x = x + self.drop(a)
         x = x + self.mlp(self.ln2(x))
         return x, w
@@ -379,7 +354,7 @@ class TransformerEncoder(TextClassifier):
         for blk in self.blocks:
             x, w = blk(x, attn_mask, need_weights)
         if need_weights:
-            self.attention = w.mean(1)  # (B, T, T)
+            self.attention = w.mean(1).detach()  # (B, T, T)
         return self.head(masked_mean(self.ln_f(x), mask))
 
 
