@@ -1,6 +1,6 @@
 """The models behind `genforge serve` and the worker pool that runs them.
 
-The HTTP layer (genforge/serve/app.py) never calls a model itself. Every piece of model work
+The HTTP layer (genforge/serve/routers/) never calls a model itself. Every piece of model work
 is an iterator (a text stream yields text pieces; an image or classification request yields
 its one result) handed to a `WorkerPool`: a fixed set of threads that advance the admitted
 iterators one item at a time in turn (round robin). So the event loop never blocks on a
@@ -11,36 +11,17 @@ Admission is bounded: more than `max_pending` jobs in flight is refused with 429
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import torch
 
+from genforge.serve.errors import APIError
 from genforge.train.checkpoint import RunError, load_run
-
-
-class APIError(Exception):
-    """An error answered in the OpenAI shape: {"error": {message, type, param, code}}."""
-
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-             503: "server_error"}
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type or self.TYPES.get(status, "invalid_request_error")
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
 
 
 @dataclass
@@ -58,16 +39,6 @@ class Limits:
     max_body_bytes: int = 4 << 20  # request bodies larger than this -> 413
 
 
-RECURRENT_PROMPT_LIMIT = 4096
-
-TASK_ENDPOINTS = {
-    "text-generation": "/v1/completions and /v1/chat/completions",
-    "image-generation": "/v1/images/generations",
-    "image-classification": "/v1/classifications",
-    "text-classification": "/v1/classifications",
-}
-
-
 @dataclass
 class ServedModel:
     id: str
@@ -76,51 +47,18 @@ class ServedModel:
     recipe: Any
     cfg: Any
     model: torch.nn.Module
-    task: str
+    task: str  # the recipe's TASK: which router serves it (genforge/serve/tasks.py)
     created: int
-    tokenizer: Any = None  # text-generation models
+    capabilities: frozenset[str] = frozenset()  # what the recipe declares (genforge.recipes.CAPABILITIES)
+    tokenizer: Any = None  # set by the text-generation router's prepare
     chat_template: Any = None
-
-    def info(self, limits: Limits) -> dict:
-        """The /v1/models entry (OpenAI fields + a `genforge` block the playground reads)."""
-        extra: dict[str, Any] = {"task": self.task, "recipe": self.recipe_name,
-                                 "architecture": self.cfg.model}
-        if self.task == "text-generation":
-            extra["context_length"] = self.context_length
-            extra["max_prompt_tokens"] = self.prompt_limit(limits)
-        classes = getattr(self.cfg, "classes", None)
-        if classes:
-            extra["classes"] = list(classes)
-        if self.task == "image-generation":
-            extra["conditional"] = bool(getattr(self.cfg, "conditional", False))
-            extra["family"] = self.cfg.model
-            extra["size"] = f"{self.cfg.width}x{self.cfg.height}"
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "genforge",
-                "genforge": extra}
-
-    @property
-    def context_length(self) -> int:
-        return int(self.model.context_size)
-
-    def recurrent(self) -> bool:
-        return self.cfg.model in ("rnn", "gru", "lstm")
-
-    def prompt_limit(self, limits: Limits) -> int:
-        if limits.max_prompt_tokens:
-            return limits.max_prompt_tokens
-        return RECURRENT_PROMPT_LIMIT if self.recurrent() else self.context_length
-
-    def encode(self, text: str, param: str = "prompt") -> list[int]:
-        try:
-            return self.tokenizer.encode(text)
-        except ValueError as e:  # e.g. a character the char-level vocabulary never saw
-            raise APIError(400, f"{param}: {e}", param=param) from None
 
 
 def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "cpu") -> dict[str, ServedModel]:
     """Run folders -> served models by id (the run folder's name). Raises RunError with a
     clear message for anything that cannot be served."""
-    from genforge.serve.chat import load_chat_template
+    from genforge.recipes import capabilities
+    from genforge.serve.tasks import TASKS
 
     if not run_dirs:
         raise RunError("no runs to serve; pass one or more run folders (see `genforge runs`)")
@@ -130,7 +68,7 @@ def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "
         recipe, cfg, model = load_run(rd, which, device)
         task = getattr(recipe, "TASK", None)
         rname = recipe.__name__.rsplit(".", 1)[-1].replace("_", "-")
-        if task not in TASK_ENDPOINTS:
+        if task not in TASKS:
             raise RunError(f"{rd} is a {rname} run, which the server cannot serve; serve text "
                            "generation, image generation or classifier runs")
         mid = rd.resolve().name
@@ -138,10 +76,9 @@ def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "
             raise RunError(f"two runs are named {mid!r} ({models[mid].run_dir} and {rd}); the "
                            "model id is the folder name, so rename one of them")
         sm = ServedModel(id=mid, run_dir=rd, recipe_name=rname, recipe=recipe, cfg=cfg,
-                         model=model, task=task, created=int((rd / "config.json").stat().st_mtime))
-        if task == "text-generation":
-            sm.tokenizer = recipe.tokenizer(cfg, rd)
-            sm.chat_template = load_chat_template(rd)
+                         model=model, task=task, created=int((rd / "config.json").stat().st_mtime),
+                         capabilities=capabilities(recipe, cfg))
+        TASKS[task].prepare(sm, rd)
         models[mid] = sm
     return models
 
@@ -290,9 +227,3 @@ def torch_threads_for(workers: int) -> int:
     """Intra-op threads per worker: the cores shared out, at least one."""
     return max(1, (os.cpu_count() or 1) // workers)
 
-
-_ids = itertools.count()
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{int(time.time() * 1000):x}{next(_ids):04x}{os.getpid() & 0xffff:04x}"
