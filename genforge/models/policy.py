@@ -3,8 +3,8 @@
 synchronous variant of Mnih et al. 2016, "Asynchronous methods for deep RL") with an
 entropy bonus and optional generalised advantage estimation (Schulman et al. 2016, GAE).
 
-Both own their loss: `loss(batch)` takes a rollout collected by the recipe and returns the
-policy, value and entropy terms.
+Both own their loss: `loss(batch)` takes a rollout collected by genforge/rl/rollout.py and
+returns the policy, value and entropy terms.
 """
 from __future__ import annotations
 
@@ -14,17 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.mlp import mlp
+
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -93,8 +86,8 @@ class ActorCritic(nn.Module):
             raise ValueError("policy config needs obs_dim and n_actions > 0 (the recipe fills "
                              "them from the environment)")
         self.cfg = cfg
-        self.actor = mlp([cfg.obs_dim, *cfg.hidden, cfg.n_actions])
-        self.critic = mlp([cfg.obs_dim, *cfg.hidden, 1])
+        self.actor = mlp([cfg.obs_dim, *cfg.hidden, cfg.n_actions], "tanh")
+        self.critic = mlp([cfg.obs_dim, *cfg.hidden, 1], "tanh")
         # small last policy layer: near-uniform initial policy (Andrychowicz et al. 2021)
         nn.init.orthogonal_(self.actor[-1].weight, gain=0.01)
         nn.init.zeros_(self.actor[-1].bias)
