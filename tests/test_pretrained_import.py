@@ -100,6 +100,20 @@ def smollm2_run(tmp_path_factory):
     return path, run
 
 
+def _transformers_from_gguf(transformers, path: Path):
+    """transformers' own reading of the GGUF (its dequantization and q/k un-permutation):
+    what `from_pretrained(gguf_file=)` does, without the `accelerate` that call requires."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model.eval()
+
+
 @pytest.mark.slow
 def test_imported_smollm2_logits_equal_transformers(smollm2_run):
     transformers = pytest.importorskip("transformers")
@@ -107,8 +121,7 @@ def test_imported_smollm2_logits_equal_transformers(smollm2_run):
 
     path, run = smollm2_run
     recipe, cfg, ours = load_run(run)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    theirs = _transformers_from_gguf(transformers, path)
     tok = recipe.tokenizer(cfg, run)
     for prompt in ["The capital of France is", "def fibonacci(n):\n    if n < 2:",
                    "<|im_start|>user\nHi there! 😀<|im_end|>\n<|im_start|>assistant\n",
