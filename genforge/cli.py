@@ -38,12 +38,19 @@ def _fmt(v) -> str:
 
 
 @app.command("list")
-def list_cmd() -> None:
-    """List recipes (with their model families), presets and named datasets."""
+def list_cmd(
+    name: Optional[str] = typer.Argument(None, help="a recipe or preset: list its config keys "
+                                         "with their values, types and meaning"),
+) -> None:
+    """List recipes (with their model families), presets and named datasets; with a recipe
+    or preset name, every config key of it."""
     from genforge.data.registry import DATASETS
     from genforge.recipes import RECIPES, all_presets, get_recipe
 
-    typer.echo("recipes (genforge train RECIPE):")
+    if name is not None:
+        typer.echo(_keys_text(name))
+        return
+    typer.echo("recipes (genforge train RECIPE; its keys: genforge list RECIPE):")
     for name in RECIPES:
         mod = get_recipe(name)
         doc = (mod.__doc__ or "").strip().splitlines()[0].removeprefix("Recipe: ")
@@ -57,15 +64,37 @@ def list_cmd() -> None:
         typer.echo(f"  {name:<22} {ds.description}")
 
 
-@app.command()
+def _keys_text(name: str) -> str:
+    from genforge.config import format_keys
+    from genforge.recipes import resolve
+
+    _, recipe_mod, preset = resolve(name)
+    return format_keys(name, recipe_mod, preset or None)
+
+
+# `--help` is an ordinary flag here (not click's eager one, which runs before the arguments
+# are read) so that `genforge train RECIPE --help` can list RECIPE's config keys
+@app.command(context_settings={"help_option_names": []})
 def train(
+    ctx: typer.Context,
     recipe: Optional[str] = typer.Argument(None, help="recipe or preset name (see `genforge list`); not needed with --resume"),
     set_: List[str] = typer.Option([], "--set", help="override a config key: key=value (repeatable), e.g. lr=3e-4 model.n_layer=6"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (default runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory exactly where it stopped"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for named datasets"),
+    help_: bool = typer.Option(False, "--help", help="show this message and exit; after a RECIPE "
+                               "or PRESET also every config key with its value, type and meaning"),
 ) -> None:
-    """Train a model; writes a run directory (config, weights, metrics, plots)."""
+    """Train a model; writes a run directory (config, weights, metrics, plots).
+    `genforge train RECIPE --help` lists every config key of RECIPE."""
+    if help_:
+        keys = _keys_text(recipe) if recipe is not None else ""  # an unknown name fails first
+        text = ctx.get_help()  # typer prints its rich help itself and returns ""
+        if text:
+            typer.echo(text)
+        if keys:
+            typer.echo("\n" + keys)
+        raise typer.Exit()
     from genforge import config as C
     from genforge.recipes import resolve
     from genforge.train import checkpoint as ckpt
@@ -333,6 +362,7 @@ def quickstart(
 ) -> None:
     """Train a small CNN on Fashion-MNIST for one epoch and print its test metrics."""
     run_dir = out or Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
-    train("quickstart", [], run_dir, None, data_dir)
+    train(ctx=None, recipe="quickstart", set_=[], out=run_dir, resume=None, data_dir=data_dir,
+          help_=False)
     typer.echo("")
     _evaluate_run(run_dir, "test", "best")

@@ -7,8 +7,14 @@ addressed as `model.<key>` on the command line, e.g. `--set model.n_layer=6`.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,40 +33,41 @@ class TrainConfig:
     data: str = ""  # dataset name or a path to the user's own files
     max_steps: int = 0  # optimizer updates; 0 = derive from `epochs`
     epochs: float = 1.0  # used when max_steps == 0
+
     # wall-clock budget of the training loop in minutes (evaluations and saves included), 0 =
     # none: training stops when it is spent, or at max_steps / epochs if that comes first, and
     # the cosine schedule follows whichever of steps and time is further along, so the LR
     # reaches its floor at the end of the budget however fast the machine runs
     max_minutes: float = 0.0
-    batch_size: int = 64
+    batch_size: int = 64  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer update
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate (after warmup)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     momentum: float = 0.9  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW
     schedule: Literal["constant", "step", "cosine"] = "cosine"  # cosine = warmup + cosine
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from 0 to `lr` over this many updates
     min_lr: float = 0.0  # floor of the cosine schedule
     step_size: int = 1000  # `step` schedule: multiply lr by `gamma` every step_size updates
-    gamma: float = 0.1
+    gamma: float = 0.1  # `step` schedule: the lr multiplier
     weight_decay: float = 0.0  # decoupled (AdamW-style) L2
     l1: float = 0.0  # explicit penalty l1 * sum|w| added to the loss
     l2: float = 0.0  # explicit penalty l2 * sum w^2 added to the loss (J + lambda * sum w^2)
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999), 0 = off; when on,
     # evaluation, samples, best.safetensors and `genforge generate` use the averaged weights
-    seed: int = 0
+    seed: int = 0  # seeds Python's random, numpy and torch (initial weights, data order)
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     compile: bool = False  # torch.compile (opt-in)
     eval_every: int = 0  # 0 = once per epoch (or at the end)
     eval_batches: int = 0  # 0 = the whole validation split
-    log_every: int = 50
+    log_every: int = 50  # print and record the training loss every N updates
     save_every: int = 0  # 0 = at every evaluation
     metric: str = "val_loss"  # what `best` and early stopping watch
-    metric_mode: Literal["min", "max"] = "min"
+    metric_mode: Literal["min", "max"] = "min"  # whether a lower or a higher `metric` is better
     patience: int = 0  # early stopping: evaluations without improvement; 0 = off
-    tensorboard: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
     plots: bool = True  # loss/metric curves PNG at the end
     model_cfg: Any = None  # the family's dataclass; set from `model` by `make_config`
 
@@ -255,7 +262,158 @@ def format_config(cfg: TrainConfig) -> str:
     return "\n".join(f"  {k} = {v!r}" for k, v in flat_items(cfg))
 
 
+# ---------------------------------------------------------------------------------------
+# help text: each field's comment in its dataclass is the key's documentation
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
+    """{field: comment} for the fields written in `cls`'s own class body.
+
+    A field's comment is the comment on its line plus the comment-only lines right after it
+    (a comment continued on the next lines); a field without a comment on its line takes
+    the comment-only lines directly above it. A blank line ends a comment."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # built in a REPL, frozen, or source not shipped
+        return {}
+    class_def = ast.parse(source).body[0]
+    if not isinstance(class_def, ast.ClassDef):
+        return {}
+    fields_at: dict[int, tuple[str, int]] = {}  # first line -> (name, last line)
+    other_lines: set[int] = set()  # methods, docstring: their comments belong to nobody
+    for node in class_def.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            fields_at[node.lineno] = (node.target.id, node.end_lineno or node.lineno)
+        else:
+            other_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    comments: dict[int, str] = {}  # line -> comment text
+    code_lines: set[int] = set()  # lines holding something other than a comment
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                              tokenize.ENDMARKER):
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
+
+    out: dict[str, str] = {}
+    above: list[str] = []  # comment-only lines waiting for the field below them
+    continuing: str | None = None  # the field whose own-line comment may continue
+    lines = source.splitlines()
+    line_no = class_def.body[0].lineno if class_def.body else len(lines) + 1
+    while line_no <= len(lines):
+        if line_no in fields_at:
+            name, last = fields_at[line_no]
+            own = " ".join(comments[i] for i in range(line_no, last + 1) if i in comments)
+            parts = [" ".join(above)] if above else []
+            if own:
+                parts.append(own)
+            if parts:
+                out[name] = "; ".join(parts)
+            above, continuing = [], (name if own else None)
+            line_no = last + 1
+            continue
+        is_comment_only = line_no in comments and line_no not in code_lines
+        if is_comment_only and line_no not in other_lines:
+            if continuing is not None:
+                out[continuing] += " " + comments[line_no]
+            else:
+                above.append(comments[line_no])
+        else:  # a blank line or other code ends any comment
+            above, continuing = [], None
+        line_no += 1
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: help text} of a dataclass, from the comments next to its fields. A subclass
+    that redeclares a field without a comment (a recipe changing a default) keeps the
+    comment of the class that first documented it."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_field_comments(klass))
+    return out
+
+
+def type_name(tp: Any) -> str:
+    """How a field's type reads in help text: `int`, `one of: a|b`, `int,int,...`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of: " + "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        names = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or none" if type(None) in args else "")
+    if origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return ",".join(type_name(a) for a in args)
+        return f"{type_name(args[0]) if args else 'str'},..."
+    if tp is Any:
+        return "json"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, (tuple, list)):  # the --set spelling: model.hidden=128,64
+        return ",".join(map(str, v)) if v else "(empty)"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def _key_lines(prefix: str, obj: Any, names: list[str], changed: set[str],
+               width: int = 100) -> list[str]:
+    hints, notes = _hints(type(obj)), field_comments(type(obj))
+    out = []
+    for name in names:
+        key = prefix + name
+        mark = "*" if key in changed else " "
+        head = f" {mark}{key} = {_format_value(getattr(obj, name))}  ({type_name(hints[name])})"
+        out.append(head)
+        if notes.get(name):
+            out += textwrap.wrap(notes[name], width, initial_indent=" " * 6,
+                                 subsequent_indent=" " * 6)
+    return out
+
+
+def format_keys(name: str, recipe: Any, preset: dict[str, Any] | None = None) -> str:
+    """Every config key of `recipe` (or of the preset `name` of it, given its overrides):
+    value, type and help text, grouped as shared keys, the recipe's own keys, and the
+    `model.<key>` keys of each model family. Keys a preset changes are marked `*`."""
+    cfg = make_config(recipe, preset)
+    shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_cfg"]
+    own = [k for k in field_names(cfg) if k not in shared and k != "model_cfg"]
+    changed: set[str] = set()
+    if preset:  # against the defaults of the same family, so only the preset's choices show
+        base = dict(flat_items(make_config(recipe, {"model": cfg.model})))
+        changed = {k for k, v in flat_items(cfg) if base.get(k) != v}
+        if cfg.model != recipe.Config().model:
+            changed.add("model")
+    title = f"preset {name} (recipe {recipe.__name__.rsplit('.', 1)[-1].replace('_', '-')})" \
+        if preset else f"recipe {name}"
+    example = field_names(cfg.model_cfg)[0]
+    lines = [f"config keys of {title}; set any with --set KEY=VALUE (repeatable), e.g.",
+             f"  genforge train {name} --set lr={_format_value(cfg.lr)} "
+             f"--set model.{example}={_format_value(getattr(cfg.model_cfg, example))}",
+             "tuples as a,b,c; booleans as true/false"
+             + ("; * = set by the preset" if preset else "") + ".",
+             "", "shared training keys:"]
+    lines += _key_lines("", cfg, shared, changed)
+    lines += ["", "keys of this recipe:"]
+    lines += _key_lines("", cfg, own, changed)
+    for family, (factory, _) in recipe.MODELS.items():
+        current = family == cfg.model
+        family_cfg = cfg.model_cfg if current else factory()
+        note = ", the default" if current and not preset else ", this preset's" if current else ""
+        lines += ["", f"model.<key> of family {family}{note} (--set model={family}):"]
+        lines += _key_lines("model.", family_cfg, field_names(family_cfg), changed if current else set())
+    return "\n".join(lines)
+
+
 __all__ = [
-    "ConfigError", "TrainConfig", "apply_overrides", "field", "format_config", "from_dict",
-    "make_config", "parse_sets", "parse_value", "to_dict", "valid_keys",
+    "ConfigError", "TrainConfig", "apply_overrides", "field", "field_comments", "format_config",
+    "format_keys", "from_dict", "make_config", "parse_sets", "parse_value", "to_dict",
+    "valid_keys",
 ]

@@ -79,6 +79,8 @@ def test_train_on_own_image_folder(tmp_path, data_root):
     (["train", "no-such-recipe"], "unknown recipe or preset"),
     (["train", "image-classify", "--set", "data=nowhere/"], "neither a named image dataset"),
     (["eval", "not-a-run"], "not a genforge run"),
+    (["list", "no-such-recipe"], "unknown recipe or preset 'no-such-recipe'"),
+    (["train", "no-such-recipe", "--help"], "unknown recipe or preset 'no-such-recipe'"),
 ])
 def test_clear_errors(tmp_path, args, message):
     p = gf(*args, cwd=tmp_path, check=False)
@@ -90,3 +92,18 @@ def test_help_everywhere(tmp_path):
     for cmd in ([], ["train"], ["eval"], ["predict"], ["generate"], ["runs"], ["list"]):
         p = gf(*cmd, "--help", cwd=tmp_path)
         assert "Usage" in p.stdout
+
+
+def test_recipe_help_lists_every_key_with_its_comment(tmp_path):
+    p = gf("train", "image-classify", "--help", cwd=tmp_path)
+    assert "Usage" in p.stdout and "--set KEY=VALUE" in p.stdout
+    lines = p.stdout.splitlines()
+    lr = lines.index("  lr = 0.001  (float)")
+    assert "learning rate" in lines[lr + 1]
+    drop = lines.index("  model.dropout = 0.0  (float)")  # the first family's (mlp)
+    assert "dropout probability" in lines[drop + 1]
+    assert "model.<key> of family resnet (--set model=resnet):" in lines
+    # `genforge list RECIPE` prints the same listing; a preset shows its own values
+    assert gf("list", "image-classify", cwd=tmp_path).stdout.strip() in p.stdout
+    p = gf("list", "cnn-fashion", cwd=tmp_path)
+    assert " *model.channels = 32,64,128  (int,...)" in p.stdout.splitlines()

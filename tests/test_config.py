@@ -1,6 +1,10 @@
+from dataclasses import dataclass
+from typing import Literal
+
 import pytest
 
-from genforge.config import ConfigError, apply_overrides, from_dict, make_config, parse_sets, to_dict
+from genforge.config import (ConfigError, apply_overrides, field_comments, format_keys, from_dict,
+                             make_config, parse_sets, to_dict)
 from genforge.recipes import get_recipe, resolve
 
 IC = get_recipe("image-classify")
@@ -49,3 +53,77 @@ def test_apply_overrides_keeps_family_settings_when_model_unchanged():
     cfg = make_config(IC, {"model": "mlp", "model.hidden": (8,)})
     apply_overrides(cfg, {"model": "mlp"}, IC.MODELS)
     assert cfg.model_cfg.hidden == (8,)
+
+
+# ---------------------------------------------------------------------------------------
+# help text from the comments next to the fields
+
+
+@dataclass
+class _Documented:
+    plain: int = 1
+    same_line: int = 2  # the comment on the field's line
+    continued: float = 0.5  # a comment that goes on
+    # onto the next line
+    uncommented: int = 0
+    # describes the field below it
+    above: str = "x"
+
+    # a blank line ends a comment: this describes `both`
+    both: bool = False  # and so does this
+    choice: Literal["a", "b"] = "a"
+
+    def method(self) -> None:
+        # a comment in a method belongs to no field
+        pass
+
+
+@dataclass
+class _Subclass(_Documented):
+    same_line: int = 3  # a default changed without a comment keeps the base class's
+    plain: int = 4
+    continued: float = 0.7
+
+
+def test_field_comments_rules():
+    notes = field_comments(_Documented)
+    assert "plain" not in notes and "uncommented" not in notes
+    assert notes["same_line"] == "the comment on the field's line"
+    assert notes["continued"] == "a comment that goes on onto the next line"
+    assert notes["above"] == "describes the field below it"
+    assert notes["both"] == "a blank line ends a comment: this describes `both`; and so does this"
+    assert "choice" not in notes
+    sub = field_comments(_Subclass)
+    assert sub["same_line"] == "a default changed without a comment keeps the base class's"
+    assert sub["continued"] == "a comment that goes on onto the next line"
+    assert "plain" not in sub
+
+
+def test_field_comments_without_source_are_empty():
+    namespace: dict = {"dataclass": dataclass}
+    exec("@dataclass\nclass NoSource:\n    a: int = 1  # unseen\n", namespace)
+    assert field_comments(namespace["NoSource"]) == {}
+
+
+def test_format_keys_lists_every_key_with_type_default_and_help():
+    text = format_keys("image-classify", IC)
+    lines = text.splitlines()
+    assert "--set KEY=VALUE" in text
+    lr = lines.index("  lr = 0.001  (float)")
+    assert "learning rate" in lines[lr + 1]
+    assert "  optimizer = 'adamw'  (one of: adamw|adam|sgd)" in lines
+    assert "  flip = false  (bool)" in lines and "augmentation" in text
+    for family in IC.MODELS:  # every family, each under its own heading
+        assert any(ln.startswith(f"model.<key> of family {family}") for ln in lines)
+    drop = lines.index("  model.dropout = 0.0  (float)")
+    assert "dropout" in lines[drop + 1]
+    # TrainConfig's comment on `epochs` reaches the recipe, which redeclares it without one
+    assert "used when max_steps == 0" in text
+
+
+def test_format_keys_of_a_preset_shows_and_marks_its_values():
+    _, recipe, preset = resolve("cnn-fashion")
+    lines = format_keys("cnn-fashion", recipe, preset).splitlines()
+    assert " *model.channels = 32,64,128  (int,...)" in lines
+    assert " *lr = 0.003  (float)" in lines
+    assert "  optimizer = 'adamw'  (one of: adamw|adam|sgd)" in lines  # unchanged: no mark

@@ -17,10 +17,10 @@ from genforge.models.mlp import ACTIVATIONS
 @dataclass
 class CNNConfig:
     channels: tuple[int, ...] = (32, 64, 64)  # one 3x3 conv per entry; pool after all but the last
-    dense: int = 64
-    activation: str = "relu"
-    batch_norm: bool = False
-    dropout: float = 0.0
+    dense: int = 64  # width of the hidden dense layer after the convolutions
+    activation: str = "relu"  # relu | gelu | tanh | sigmoid
+    batch_norm: bool = False  # BatchNorm after each conv (Ioffe & Szegedy 2015)
+    dropout: float = 0.0  # dropout probability before and after the dense layer (training only)
     in_channels: int = 0  # filled from the data
     image_size: int = 0  # filled from the data (square side)
     n_classes: int = 0  # filled from the data
@@ -60,9 +60,9 @@ class CNN(nn.Module):
 class ResNetConfig:
     widths: tuple[int, ...] = (32, 64, 128)  # one stage per entry; stride 2 between stages
     blocks: int = 1  # residual blocks per stage
-    dropout: float = 0.0
-    label_smoothing: float = 0.0
-    in_channels: int = 0
+    dropout: float = 0.0  # dropout probability on the pooled features (training only)
+    label_smoothing: float = 0.0  # target mass spread over all classes (Szegedy et al. 2016)
+    in_channels: int = 0  # filled from the data
     image_size: int = 0
     n_classes: int = 0
 
