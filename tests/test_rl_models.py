@@ -1,11 +1,12 @@
-"""Oracle tests for the RL models: Double-DQN target, replay buffer, returns and GAE."""
+"""Oracle tests for the RL models: Double-DQN target, returns and GAE, network layout.
+(The replay buffer, now in genforge/rl/, is tested in tests/test_rl_buffers.py.)"""
 from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
-from genforge.models.dqn import DQN, DQNConfig, ReplayBuffer, linear_schedule
+from genforge.models.dqn import DQN, DQNConfig, linear_schedule
+from genforge.models.mlp import MLP, MLPConfig
 from genforge.models.policy import A2C, A2CConfig, Reinforce, ReinforceConfig, discounted_returns, gae
 
 
@@ -75,39 +76,6 @@ def test_epsilon_schedule_and_greedy_action():
     assert 0.45 < acts.float().mean().item() < 0.55  # uniformly random when epsilon = 1
 
 
-def test_replay_sampling_is_uniform_over_filled_slots():
-    buf = ReplayBuffer(capacity=100, obs_dim=1)
-    n_filled = 40
-    ids = torch.arange(1, n_filled + 1, dtype=torch.float32)  # transition i carries obs = i
-    buf.add(ids[:, None], torch.zeros(n_filled), torch.zeros(n_filled), ids[:, None],
-            torch.zeros(n_filled))
-    g = torch.Generator().manual_seed(123)
-    obs = buf.sample(40_000, generator=g)["obs"].squeeze(1)
-    assert obs.min().item() >= 1, "sampled an unfilled slot (obs = 0)"
-    counts = torch.bincount(obs.long(), minlength=n_filled + 1)[1:]
-    assert counts.shape[0] == n_filled
-    assert chisquare(counts.numpy()).pvalue > 1e-3  # uniform over the 40 filled slots
-
-
-def test_replay_wraps_around_and_keeps_newest():
-    buf = ReplayBuffer(capacity=10, obs_dim=1)
-    for start in range(0, 25, 5):  # 25 transitions, numbered 1..25, in chunks of 5
-        ids = torch.arange(start + 1, start + 6, dtype=torch.float32)
-        buf.add(ids[:, None], torch.zeros(5), ids, ids[:, None], torch.zeros(5))
-    assert len(buf) == 10
-    assert sorted(buf.obs.squeeze(1).tolist()) == list(range(16, 26))
-    g = torch.Generator().manual_seed(0)
-    s = buf.sample(5000, generator=g)
-    assert set(s["obs"].squeeze(1).long().tolist()) == set(range(16, 26))
-    torch.testing.assert_close(s["obs"].squeeze(1), s["rewards"])  # fields stay aligned
-    # save/load round trip keeps content and write position
-    other = ReplayBuffer(capacity=10, obs_dim=1)
-    other.load_state_dict(buf.state_dict())
-    assert (other.obs == buf.obs).all() and other.pos == buf.pos and len(other) == 10
-    with pytest.raises(ValueError, match="empty"):
-        ReplayBuffer(capacity=4, obs_dim=1).sample(1)
-
-
 def test_discounted_returns_hand_computed():
     rewards = torch.tensor([[1.0, 1.0], [2.0, 1.0], [3.0, 0.0]])  # (T=3, N=2)
     mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])  # episode 2 has 2 steps
@@ -169,3 +137,19 @@ def test_reinforce_gradient_raises_probability_of_rewarded_action():
         opt.step()
     p1 = torch.softmax(agent(torch.ones(1, 1)), -1)[0, 1].item()
     assert p1 > 0.9
+
+
+def test_networks_keep_their_checkpoint_parameter_names():
+    """The RL nets and the image MLP share models/mlp.py's builder; checkpoints written
+    before it (q.0/q.2, actor.0/actor.2/actor.4, net.0/net.3/net.6) must still load."""
+    dqn = DQN(DQNConfig(obs_dim=4, n_actions=2, hidden=(8, 8)))
+    assert list(dqn.state_dict()) == [f"{net}.{i}.{p}" for net in ("q", "target")
+                                      for i in (0, 2, 4) for p in ("weight", "bias")]
+    assert isinstance(dqn.q[1], torch.nn.ReLU)
+    pg = A2C(A2CConfig(obs_dim=4, n_actions=2, hidden=(8, 8)))
+    assert list(pg.state_dict()) == [f"{net}.{i}.{p}" for net in ("actor", "critic")
+                                     for i in (0, 2, 4) for p in ("weight", "bias")]
+    assert isinstance(pg.actor[1], torch.nn.Tanh) and isinstance(pg.critic[3], torch.nn.Tanh)
+    mlp = MLP(MLPConfig(hidden=(8, 8), dropout=0.1, in_features=4, n_classes=3))
+    assert [k for k in mlp.state_dict()] == [f"net.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
+    assert isinstance(mlp.net[2], torch.nn.Dropout) and len(mlp.net) == 7

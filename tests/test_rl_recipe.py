@@ -103,8 +103,9 @@ def test_resume_restores_replay_buffer_and_exploration(tmp_path):
     model = rl.build(cfg2)
     rl.batches(cfg2, "train", start_step=3, model=model)
     rl.load_extra_state(model, cfg2, state["extra"])
-    assert len(model.replay) == saved_replay["size"]
-    assert torch.equal(model.replay.obs[: len(model.replay)], saved_replay["obs"])
+    replay = model.collector.replay
+    assert len(replay) == saved_replay["size"]
+    assert torch.equal(replay.obs[: len(replay)], saved_replay["obs"])
     assert model.collector.env_steps == saved_col["env_steps"]
     assert model.epsilon(model.collector.env_steps) < cfg2.model_cfg.eps_start  # not restarted
 
@@ -131,3 +132,23 @@ def test_bad_environment_messages():
         rl.build(make_config(rl, {"data": "NoSuchEnv-v0"}))
     with pytest.raises(ConfigError, match="discrete action spaces only"):
         rl.build(make_config(rl, {"data": "Pendulum-v1"}))
+
+
+def test_play_prints_returns_and_gif_needs_pygame(tmp_path, capsys):
+    cfg = make_config(rl, {**TINY, "max_episode_steps": 0})
+    torch.manual_seed(0)
+    model = rl.build(cfg)
+    rl.cli_play(model, cfg, None, episodes=3)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["episode 1", "episode 2", "episode 3"]
+    assert lines[3].startswith("mean ") and "over 3 episodes (dqn on CartPole-v1)" in lines[3]
+    assert rl.play(model, cfg, episodes=3) == rl.play(model, cfg, episodes=3)  # fixed seeds
+    gif = tmp_path / "play.gif"
+    try:
+        import pygame  # noqa: F401  (gymnasium's renderer)
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install pygame"):
+            rl.play(model, cfg, episodes=1, render=str(gif))
+    else:
+        rl.play(model, cfg, episodes=1, render=str(gif))
+        assert gif.read_bytes()[:6] == b"GIF89a"

@@ -1,10 +1,11 @@
 """Deep Q-Network (Mnih et al. 2015, "Human-level control through deep RL") with the
 Double-DQN target (van Hasselt et al. 2016), a Huber loss, a hard or Polyak-averaged target
-network, a linear epsilon-greedy schedule and a uniform replay buffer.
+network and a linear epsilon-greedy schedule.
 
-The agent carries its replay buffer (`agent.replay`) as plain CPU tensors, outside the
-weights: checkpoints of the weights stay small, and the RL recipe saves the buffer with the
-trainer state so that a resumed run keeps its experience.
+The replay buffer is data, not a part of the agent: it lives in genforge/rl/buffers.py and
+is owned by the collector that fills it (stable-baselines3's split), so the weights stay
+small and the buffer is saved with the trainer state. `buffer_size` stays in this config
+because it is a setting of the algorithm (`model.buffer_size`).
 """
 from __future__ import annotations
 
@@ -15,18 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.mlp import mlp
+
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Linear -> act -> ... -> Linear (no activation after the last layer)."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
@@ -34,77 +27,6 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
     if duration <= 0 or t >= duration:
         return end
     return start + (end - start) * t / duration
-
-
-# ---------------------------------------------------------------------------------------
-# replay buffer
-
-
-class ReplayBuffer:
-    """Fixed-capacity ring buffer of transitions (s, a, r, s', terminated), sampled uniformly
-    (Lin 1992; Mnih et al. 2015). Kept on the CPU and out of the model's weights: it is data,
-    saved with the trainer state (`state_dict`) so a resumed run keeps its experience.
-
-    `terminated` is the true end of an episode (no bootstrap); a time-limit truncation is
-    stored with terminated=0 and the real final observation as s', so the target still
-    bootstraps from it (Pardo et al. 2018, "Time limits in reinforcement learning")."""
-
-    FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
-
-    def __init__(self, capacity: int, obs_dim: int):
-        if capacity <= 0:
-            raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
-        self.capacity = capacity
-        self.obs = torch.zeros(capacity, obs_dim)
-        self.actions = torch.zeros(capacity, dtype=torch.long)
-        self.rewards = torch.zeros(capacity)
-        self.next_obs = torch.zeros(capacity, obs_dim)
-        self.terminated = torch.zeros(capacity)
-        self.pos = 0  # next slot to write
-        self.size = 0  # filled slots: [0, size)
-
-    def __len__(self) -> int:
-        return self.size
-
-    @torch.no_grad()
-    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-            next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
-        """Append a batch of n transitions: obs/next_obs (n, obs_dim), the rest (n,)."""
-        n = obs.shape[0]
-        values = [obs, actions, rewards, next_obs, terminated]
-        if n > self.capacity:  # only the newest `capacity` would survive the wrap-around
-            values = [v[-self.capacity:] for v in values]
-            n = self.capacity
-        first = min(n, self.capacity - self.pos)  # contiguous part before the wrap
-        for name, v in zip(self.FIELDS, values):
-            dst = getattr(self, name)
-            dst[self.pos:self.pos + first] = v[:first]
-            dst[:n - first] = v[first:]
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.capacity, self.size + n)
-
-    def sample_indices(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.size == 0:
-            raise ValueError("cannot sample from an empty replay buffer; add transitions first")
-        # uniform over the filled slots [0, size): unfilled slots are never returned
-        return torch.randint(0, self.size, (n,), generator=generator)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        idx = self.sample_indices(n, generator)
-        return {name: getattr(self, name)[idx] for name in self.FIELDS}
-
-    def state_dict(self) -> dict:
-        """Only the filled part is stored (a fresh run's checkpoint stays small)."""
-        return {"pos": self.pos, "size": self.size, "capacity": self.capacity,
-                **{name: getattr(self, name)[:self.size].clone() for name in self.FIELDS}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["capacity"] != self.capacity:
-            raise ValueError(f"saved replay buffer holds {state['capacity']} transitions but "
-                             f"this one {self.capacity}; keep model.buffer_size when resuming")
-        self.pos, self.size = int(state["pos"]), int(state["size"])
-        for name in self.FIELDS:
-            getattr(self, name)[:self.size] = state[name]
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,13 +44,13 @@ class DQNConfig:
     eps_start: float = 1.0  # epsilon-greedy exploration, linear in env steps
     eps_end: float = 0.04
     eps_steps: int = 8000  # env steps to anneal from eps_start to eps_end
-    buffer_size: int = 50_000  # replay capacity (transitions)
+    buffer_size: int = 50_000  # replay capacity (transitions), used by the collector
     obs_dim: int = 0  # filled from the environment by the recipe
     n_actions: int = 0  # filled from the environment by the recipe
 
 
 class DQN(nn.Module):
-    """Online Q-network, target Q-network and replay buffer. `forward(obs)` -> Q (B, A)."""
+    """Online Q-network and target Q-network. `forward(obs)` -> Q (B, A)."""
 
     def __init__(self, cfg: DQNConfig):
         super().__init__()
@@ -137,11 +59,12 @@ class DQN(nn.Module):
                              "from the environment)")
         if not 0.0 < cfg.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {cfg.tau}")
+        if cfg.buffer_size <= 0:  # checked here so a bad setting fails at build, not mid-run
+            raise ValueError(f"replay buffer capacity must be positive, got {cfg.buffer_size}")
         self.cfg = cfg
-        self.q = mlp([cfg.obs_dim, *cfg.hidden, cfg.n_actions])
+        self.q = mlp([cfg.obs_dim, *cfg.hidden, cfg.n_actions], "relu")
         self.target = copy.deepcopy(self.q)
         self.target.requires_grad_(False)
-        self.replay = ReplayBuffer(cfg.buffer_size, cfg.obs_dim)  # not a module: not saved as weights
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.q(obs)  # (B, obs_dim) -> (B, n_actions)

@@ -4,7 +4,9 @@ The environment loop is the batch source: `batches(cfg, "train", start_step, mod
 with the current agent in `n_envs` environments stepped in lockstep and yields what the
 agent learns from (a replay sample for DQN, a rollout for A2C, whole episodes for
 REINFORCE). The recipe owns the update (`optimizers` + `update`), since DQN also syncs a
-target network and takes several gradient steps per batch.
+target network and takes several gradient steps per batch. Environments, the collector and
+its streams, the replay buffer and the episode runner live in genforge/rl/; this file is
+the glue (config, presets, build, batches, update, evaluate, play).
 
 One trainer step (`max_steps` counts them) is one `update` call:
   dqn        n_envs * rollout_steps env steps, then `gradient_steps` minibatches of
@@ -20,11 +22,9 @@ general, so on resume every environment starts a fresh episode (seeded from
 """
 from __future__ import annotations
 
-import json
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -32,7 +32,12 @@ import torch.nn as nn
 
 from genforge.config import ConfigError, TrainConfig
 from genforge.models.dqn import DQN, DQNConfig
-from genforge.models.policy import A2C, A2CConfig, ActorCritic, Reinforce, ReinforceConfig
+from genforge.models.policy import A2C, A2CConfig, Reinforce, ReinforceConfig
+from genforge.rl.buffers import ReplayBuffer
+from genforge.rl.envs import EnvSpec
+from genforge.rl.evaluate import Policy, greedy_policy, plot_returns, render_gif
+from genforge.rl.evaluate import run_episodes as _run_episodes
+from genforge.rl.rollout import Collector, episode_stream, replay_stream, rollout_stream, stream_seed
 
 # why `ema` is refused (the trainer reads NO_EMA): the agent acts with its current weights
 # while it collects experience, so an averaged copy would be evaluated without its collector
@@ -116,74 +121,11 @@ TEST_CONFIGS = {"a2c": {**_TINY_PG, "model": "a2c", "model.gae_lambda": 0.95},
 
 
 # ---------------------------------------------------------------------------------------
-# environments
-
-
-def make_env(cfg: Config, render_mode: str | None = None):
-    """One gymnasium environment for `cfg.data`, with a clear error when it cannot be made."""
-    import gymnasium as gym
-
-    kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps > 0 else {}
-    try:
-        env = gym.make(cfg.data, render_mode=render_mode, **kwargs)
-    except gym.error.DependencyNotInstalled as e:
-        raise ConfigError(f"environment {cfg.data!r} needs an extra package: {e}") from None
-    except gym.error.Error as e:
-        raise ConfigError(f"unknown gymnasium environment {cfg.data!r} ({e}); try CartPole-v1, "
-                          "Acrobot-v1, MountainCar-v0 or LunarLander-v3") from None
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise ConfigError(f"environment {cfg.data!r} has {env.action_space} actions; the RL "
-                          "recipe supports discrete action spaces only")
-    shape = env.observation_space.shape
-    if shape is None or len(shape) != 1:
-        raise ConfigError(f"environment {cfg.data!r} has observations of shape {shape}; the RL "
-                          "recipe supports flat vector observations only")
-    return env
-
-
-class EnvPool:
-    """n environments stepped in lockstep. An environment whose episode ends is reset in the
-    same step; its real final observation is returned as `next_obs` (for bootstrapping
-    after a time-limit truncation) while `obs` already holds the new episode's first one."""
-
-    def __init__(self, cfg: Config, n: int, seed: int):
-        self.envs = [make_env(cfg) for _ in range(n)]
-        self.obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(self.envs)]).astype(np.float32)
-        self.ep_return = np.zeros(n)
-        self.ep_length = np.zeros(n, dtype=np.int64)
-        self.finished: list[tuple[float, int]] = []  # (return, length) of ended episodes
-
-    def step(self, actions: np.ndarray, idx: np.ndarray | None = None):
-        """Step environments `idx` (default all) with `actions`; returns, for those,
-        (obs, actions, rewards, next_obs, terminated, truncated) as float32/bool arrays."""
-        idx = np.arange(len(self.envs)) if idx is None else idx
-        obs = self.obs[idx].copy()
-        next_obs = np.empty_like(obs)
-        rewards = np.empty(len(idx), dtype=np.float32)
-        term = np.zeros(len(idx), dtype=bool)
-        trunc = np.zeros(len(idx), dtype=bool)
-        for k, (i, a) in enumerate(zip(idx, actions)):
-            o, r, te, tr, _ = self.envs[i].step(int(a))
-            next_obs[k], rewards[k], term[k], trunc[k] = o, r, te, tr
-            self.ep_return[i] += r
-            self.ep_length[i] += 1
-            if te or tr:
-                self.finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
-                self.ep_return[i], self.ep_length[i] = 0.0, 0
-                o, _ = self.envs[i].reset()
-            self.obs[i] = o
-        return obs, np.asarray(actions), rewards, next_obs, term, trunc
-
-
-def env_spaces(cfg: Config) -> tuple[int, int]:
-    env = make_env(cfg)
-    dims = (int(env.observation_space.shape[0]), int(env.action_space.n))
-    env.close()
-    return dims
-
-
-# ---------------------------------------------------------------------------------------
 # build
+
+
+def env_spec(cfg: Config) -> EnvSpec:
+    return EnvSpec(cfg.data, cfg.max_episode_steps)
 
 
 def build(cfg: Config, run_dir=None) -> nn.Module:
@@ -192,7 +134,7 @@ def build(cfg: Config, run_dir=None) -> nn.Module:
     for key in ("n_envs", "rollout_steps", "gradient_steps", "eval_episodes"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    cfg.model_cfg.obs_dim, cfg.model_cfg.n_actions = env_spaces(cfg)
+    cfg.model_cfg.obs_dim, cfg.model_cfg.n_actions = env_spec(cfg).spaces()
     return MODELS[cfg.model][1](cfg.model_cfg)
 
 
@@ -213,46 +155,6 @@ def _set_threads(cfg: Config) -> None:
 # experience: the batch source
 
 
-class Collector:
-    """Acting state of a training run, attached to the agent as `agent.collector` so that
-    `extra_state` can save it: environments, env-step counter, sampling RNG, returns."""
-
-    def __init__(self, cfg: Config, start_step: int):
-        # seeded from (seed, step): a resumed run is deterministic too
-        seed = (cfg.seed * 1_000_003 + start_step * 7919) % (2**31)
-        self.pool = EnvPool(cfg, cfg.n_envs, seed)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.env_steps = 0
-        self.episodes = 0
-        self.recent = deque(maxlen=100)  # returns of the last 100 training episodes
-        self.curve: list[tuple[int, float]] = []  # (env steps, training episode return)
-
-    def harvest(self) -> None:
-        for ret, _ in self.pool.finished:
-            self.episodes += 1
-            self.recent.append(ret)
-            self.curve.append((self.env_steps, ret))
-        self.pool.finished.clear()
-
-    def stats(self) -> dict[str, float]:
-        out = {"env_steps": float(self.env_steps), "episodes": float(self.episodes)}
-        if self.recent:
-            out["episode_return"] = float(np.mean(self.recent))
-        return out
-
-    def state_dict(self) -> dict:
-        curve = torch.tensor(self.curve, dtype=torch.float64).reshape(-1, 2)
-        return {"env_steps": self.env_steps, "episodes": self.episodes,
-                "recent": torch.tensor(list(self.recent), dtype=torch.float64),
-                "curve": curve, "gen": self.gen.get_state()}
-
-    def load_state_dict(self, st: dict) -> None:
-        self.env_steps, self.episodes = int(st["env_steps"]), int(st["episodes"])
-        self.recent = deque(st["recent"].tolist(), maxlen=100)
-        self.curve = [(int(s), float(r)) for s, r in st["curve"].tolist()]
-        self.gen.set_state(st["gen"])
-
-
 def batches(cfg: Config, split: str, start_step: int = 0, model: nn.Module | None = None) -> Iterator:
     """split="train": the infinite stream of experience gathered by acting with `model`.
     "val"/"test": the seeds of the evaluation episodes (evaluation runs whole episodes)."""
@@ -262,78 +164,15 @@ def batches(cfg: Config, split: str, start_step: int = 0, model: nn.Module | Non
         raise ValueError("RL training batches come from acting: pass model= to batches()")
     _set_threads(cfg)
     agent = _agent(model)
-    agent.collector = Collector(cfg, start_step)  # created now so load_extra_state can fill it
+    replay = ReplayBuffer(agent.cfg.buffer_size, agent.cfg.obs_dim) if isinstance(agent, DQN) else None
+    # attached now so that load_extra_state can fill it and evaluate can read env_steps
+    agent.collector = col = Collector(env_spec(cfg), cfg.n_envs, stream_seed(cfg.seed, start_step), replay)
     if isinstance(agent, DQN):
-        return _dqn_stream(agent, cfg)
+        return replay_stream(agent, col, cfg.rollout_steps, cfg.gradient_steps, cfg.batch_size,
+                             cfg.learning_starts)
     if isinstance(agent, A2C):
-        return _rollout_stream(agent, cfg)
-    return _episode_stream(agent, cfg)
-
-
-def _dqn_stream(agent: DQN, cfg: Config) -> Iterator[dict]:
-    col, replay, dev = agent.collector, agent.replay, _device(agent)
-
-    def store(obs, actions, rewards, next_obs, term, trunc):
-        # truncation is not termination: s' is the real final obs and the target bootstraps
-        replay.add(torch.from_numpy(obs), torch.from_numpy(actions), torch.from_numpy(rewards),
-                   torch.from_numpy(next_obs), torch.from_numpy(term.astype(np.float32)))
-        col.env_steps += len(obs)
-
-    while True:
-        while len(replay) < max(cfg.learning_starts, cfg.batch_size):  # uniform warm-up
-            acts = torch.randint(0, agent.cfg.n_actions, (cfg.n_envs,), generator=col.gen)
-            store(*col.pool.step(acts.numpy()))
-        for _ in range(cfg.rollout_steps):
-            obs = torch.from_numpy(col.pool.obs).to(dev)
-            acts = agent.act(obs, agent.epsilon(col.env_steps), generator=col.gen)
-            store(*col.pool.step(acts.cpu().numpy()))
-        col.harvest()
-        n, b = cfg.gradient_steps, cfg.batch_size
-        sample = replay.sample(n * b, generator=col.gen)
-        batch = {k: v.reshape(n, b, *v.shape[1:]) for k, v in sample.items()}  # (G, B, ...)
-        yield {**batch, "stats": {**col.stats(), "epsilon": agent.epsilon(col.env_steps)}}
-
-
-def _rollout_stream(agent: A2C, cfg: Config) -> Iterator[dict]:
-    """Fixed-length rollouts (T=rollout_steps, N=n_envs) for A2C."""
-    col, dev = agent.collector, _device(agent)
-    while True:
-        steps = []
-        for _ in range(cfg.rollout_steps):
-            obs = torch.from_numpy(col.pool.obs).to(dev)
-            acts = agent.act(obs, generator=None if dev.type != "cpu" else col.gen).cpu().numpy()
-            steps.append(col.pool.step(acts))
-            col.env_steps += cfg.n_envs
-        col.harvest()
-        obs, acts, rew, nxt, term, trunc = (np.stack(x) for x in zip(*steps))  # each (T, N, ...)
-        yield {"obs": torch.from_numpy(obs), "actions": torch.from_numpy(acts).long(),
-               "rewards": torch.from_numpy(rew), "next_obs": torch.from_numpy(nxt),
-               "terminated": torch.from_numpy(term.astype(np.float32)),
-               "done": torch.from_numpy((term | trunc).astype(np.float32)), "stats": col.stats()}
-
-
-def _episode_stream(agent: Reinforce, cfg: Config) -> Iterator[dict]:
-    """One complete episode per environment, padded to the longest: (T, N, ...) + mask."""
-    col, dev = agent.collector, _device(agent)
-    n = cfg.n_envs
-    while True:
-        active = np.ones(n, dtype=bool)
-        obs_l, act_l, rew_l, mask_l = [], [], [], []
-        while active.any():
-            idx = np.flatnonzero(active)
-            obs_t = torch.from_numpy(col.pool.obs[idx]).to(dev)
-            acts = agent.act(obs_t, generator=None if dev.type != "cpu" else col.gen).cpu().numpy()
-            obs, _, rew, _, term, trunc = col.pool.step(acts, idx)
-            o = np.zeros((n, obs.shape[1]), np.float32)
-            a, r, m = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32)
-            o[idx], a[idx], r[idx], m[idx] = obs, acts, rew, 1.0
-            obs_l.append(o), act_l.append(a), rew_l.append(r), mask_l.append(m)
-            col.env_steps += len(idx)
-            active[idx[term | trunc]] = False
-        col.harvest()
-        yield {"obs": torch.from_numpy(np.stack(obs_l)), "actions": torch.from_numpy(np.stack(act_l)),
-               "rewards": torch.from_numpy(np.stack(rew_l)), "mask": torch.from_numpy(np.stack(mask_l)),
-               "stats": col.stats()}
+        return rollout_stream(agent, col, cfg.rollout_steps)
+    return episode_stream(agent, col)
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,21 +219,23 @@ def update(model: nn.Module, batch: dict, opts: dict, step: int, cfg: Config) ->
 
 def extra_state(model: nn.Module, cfg: Config) -> dict:
     """Saved in trainer_state.pt: replay buffer, env-step counter, RNG, return history."""
-    agent = _agent(model)
+    col = getattr(_agent(model), "collector", None)
     st = {}
-    if getattr(agent, "collector", None) is not None:
-        st["collector"] = agent.collector.state_dict()
-    if isinstance(agent, DQN):
-        st["replay"] = agent.replay.state_dict()
+    if col is not None:
+        st["collector"] = col.state_dict()
+        if col.replay is not None:
+            st["replay"] = col.replay.state_dict()
     return st
 
 
 def load_extra_state(model: nn.Module, cfg: Config, state: dict) -> None:
-    agent = _agent(model)
-    if "collector" in state and getattr(agent, "collector", None) is not None:
-        agent.collector.load_state_dict(state["collector"])
-    if "replay" in state and isinstance(agent, DQN):
-        agent.replay.load_state_dict(state["replay"])
+    col = getattr(_agent(model), "collector", None)
+    if col is None:
+        return
+    if "collector" in state:
+        col.load_state_dict(state["collector"])
+    if "replay" in state and col.replay is not None:
+        col.replay.load_state_dict(state["replay"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -406,53 +247,10 @@ def _eval_seeds(cfg: Config, split: str, n: int) -> list[int]:
     return [base + cfg.seed * 100_003 + k for k in range(n)]
 
 
-def greedy_policy(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """obs (B, obs_dim) -> deterministic actions (B,): argmax Q for DQN, argmax pi for PG."""
-    agent = _agent(model)
-    if isinstance(agent, DQN):
-        return lambda obs: agent.act(obs, epsilon=0.0)
-    assert isinstance(agent, ActorCritic)
-    return lambda obs: agent.act(obs, deterministic=True)
-
-
-def run_episodes(policy: Callable[[torch.Tensor], torch.Tensor] | None, cfg: Config,
-                 seeds: list[int], device: torch.device | str = "cpu",
+def run_episodes(policy: Policy | None, cfg: Config, seeds: list[int], device: torch.device | str = "cpu",
                  max_parallel: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Run one episode per seed (batched over up to `max_parallel` environments).
-    `policy=None` acts uniformly at random. Returns (returns, lengths) in seed order."""
-    n = len(seeds)
-    envs = [make_env(cfg) for _ in range(min(n, max_parallel))]
-    rng = np.random.default_rng(seeds[0] if seeds else 0)
-    returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
-    slot_ep = np.full(len(envs), -1)  # episode index running in each env, -1 = idle
-    obs = np.zeros((len(envs), envs[0].observation_space.shape[0]), np.float32)
-    nxt = 0
-    for i, env in enumerate(envs):
-        if nxt < n:
-            obs[i], _ = env.reset(seed=seeds[nxt])
-            slot_ep[i], nxt = nxt, nxt + 1
-    while (slot_ep >= 0).any():
-        idx = np.flatnonzero(slot_ep >= 0)
-        if policy is None:
-            acts = rng.integers(0, envs[0].action_space.n, len(idx))
-        else:
-            with torch.no_grad():
-                acts = policy(torch.from_numpy(obs[idx]).to(device)).cpu().numpy()
-        for i, a in zip(idx, acts):
-            o, r, te, tr, _ = envs[i].step(int(a))
-            ep = slot_ep[i]
-            returns[ep] += r
-            lengths[ep] += 1
-            obs[i] = o
-            if te or tr:
-                if nxt < n:
-                    obs[i], _ = envs[i].reset(seed=seeds[nxt])
-                    slot_ep[i], nxt = nxt, nxt + 1
-                else:
-                    slot_ep[i] = -1
-    for env in envs:
-        env.close()
-    return returns, lengths
+    """genforge.rl.evaluate.run_episodes on cfg's environment: (returns, lengths) in seed order."""
+    return _run_episodes(policy, env_spec(cfg), seeds, device, max_parallel)
 
 
 def evaluate(model: nn.Module, cfg: Config, split: str = "val", episodes: int | None = None) -> dict:
@@ -490,30 +288,8 @@ def play(model: nn.Module, cfg: Config, episodes: int = 5, seed: int | None = No
     seeds = [base + k for k in range(episodes)]
     returns, _ = run_episodes(greedy_policy(model), cfg, seeds, _device(model))
     if render:
-        _render_gif(model, cfg, seeds[0], Path(render))
+        render_gif(greedy_policy(model), env_spec(cfg), seeds[0], Path(render), _device(model))
     return returns.tolist()
-
-
-def _render_gif(model: nn.Module, cfg: Config, seed: int, path: Path) -> None:
-    try:
-        env = make_env(cfg, render_mode="rgb_array")
-        obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
-    except Exception as e:  # gymnasium raises DependencyNotInstalled without pygame
-        raise ConfigError(f"rendering {cfg.data!r} failed ({e}); `pip install pygame` to render") from None
-    policy = greedy_policy(model)
-    done = False
-    while not done:
-        a = policy(torch.from_numpy(np.asarray(obs, np.float32))[None].to(_device(model)))
-        obs, _, te, tr, _ = env.step(int(a[0]))
-        frames.append(env.render())
-        done = te or tr
-    env.close()
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames[::2]]  # every other frame keeps the file small
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
 
 
 def log_samples(model: nn.Module, cfg: Config, run_dir, step: int) -> str | None:
@@ -524,48 +300,15 @@ def log_samples(model: nn.Module, cfg: Config, run_dir, step: int) -> str | None
         return None
     if step < cfg.max_steps and (step // max(1, cfg.eval_every)) % 5:
         return None
+    from genforge.train.checkpoint import read_metrics
+
     evals = []  # the trainer has already appended this evaluation to metrics.jsonl
-    metrics = Path(run_dir) / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if "val_return_mean" in rec and "val_env_steps" in rec:
-                evals.append((rec["val_env_steps"], rec["val_return_mean"], rec.get("val_return_std", 0.0)))
+    for rec in read_metrics(run_dir):
+        if "val_return_mean" in rec and "val_env_steps" in rec:
+            evals.append((rec["val_env_steps"], rec["val_return_mean"], rec.get("val_return_std", 0.0)))
     plot_returns(col.curve, Path(run_dir) / "plots" / "returns.png", title=f"{cfg.model} on {cfg.data}",
                  evals=evals)
     return None
-
-
-def plot_returns(curve: list[tuple[int, float]], path: Path, title: str = "",
-                 evals: list[tuple[float, float, float]] = ()) -> None:
-    """Training episode returns (dots, running mean) and greedy evaluations (mean +- std)
-    against env steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([s for s, _ in curve])
-    rets = np.array([r for _, r in curve])
-    window = max(1, min(100, len(rets) // 10))
-    smooth = np.convolve(rets, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, rets, ".", ms=2, alpha=0.3, label="training episode return")
-    ax.plot(steps[window - 1:], smooth, label=f"training, mean of last {window}")
-    if evals:
-        e = np.array(evals, dtype=float)  # (n, 3): env steps, mean, std
-        ax.errorbar(e[:, 0], e[:, 1], yerr=e[:, 2], fmt="o-", ms=3, capsize=2,
-                    label="greedy evaluation (mean +- std)")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def cli_play(model: nn.Module, cfg: Config, run_dir, episodes: int = 5, gif: str | None = None) -> None:
