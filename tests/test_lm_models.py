@@ -118,6 +118,56 @@ def test_compiled_decode_step_equals_full_forward_past_the_context():
     torch.testing.assert_close(cache.tokens, seq[:, 40 - cache.tokens.size(1):])
 
 
+@needs_cxx
+def test_compiled_and_eager_decode_steps_agree_through_the_shared_path():
+    """Compiled (static cache view) and eager decoding run the same forward: same logits at
+    every step and the same keys/values written into the cache, batch of 3."""
+    m = tiny_gpt()
+    torch.manual_seed(3)
+    seq = torch.randint(0, 37, (3, 20))
+    _, eager = m.step(seq[:, :6])
+    _, comp = m.step(seq[:, :6])
+    for t in range(6, 20):
+        a, eager = m.step(seq[:, t:t + 1], eager)
+        b, comp = m.step(seq[:, t:t + 1], comp, compiled=True)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert comp.pos == eager.pos == 20
+    torch.testing.assert_close(comp.tokens, eager.tokens)
+    for i in range(m.cfg.n_layer):
+        torch.testing.assert_close(comp.k[i][:, :, :20], eager.k[i][:, :, :20], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(comp.v[i][:, :, :20], eager.v[i][:, :, :20], rtol=1e-5, atol=1e-5)
+
+
+@needs_cxx
+def test_compiled_decode_falls_back_to_eager_past_the_recompile_limit():
+    """One compiled graph per batch size; past dynamo's recompile limit the step runs eagerly
+    instead of failing, with the same logits."""
+    m = tiny_gpt()
+    torch.manual_seed(4)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for batch in (1, 4):  # at most one of them can get a graph under this limit
+            seq = torch.randint(0, 37, (batch, 8))
+            logits, cache = m.step(seq[:, :6], compiled=True)
+            for t in (6, 7):
+                logits, cache = m.step(seq[:, t:t + 1], cache, compiled=True)
+                torch.testing.assert_close(logits, m(seq[:, :t + 1])[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_keeps_its_checkpoint_names_and_old_configs():
+    """Runs saved before the shared attention still load: same parameter names and shapes,
+    and config.json's `fused_attention` field is still accepted (False = written-out path)."""
+    m = tiny_gpt()
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes["blocks.0.attn.qkv.weight"] == (96, 32)
+    assert shapes["blocks.1.attn.proj.weight"] == (32, 32)
+    assert not any("resid_dropout" in k for k in shapes)
+    old = tiny_gpt(fused_attention=False)
+    assert all(not b.attn.fused for b in old.blocks)
+    old.load_state_dict(m.state_dict())
+    idx = torch.randint(0, 37, (2, 10))
+    torch.testing.assert_close(old(idx), m(idx), rtol=1e-5, atol=1e-5)
+
+
 def test_compile_is_refused_for_recurrent_models():
     from genforge.generate.sampling import SamplingConfig, sample_tokens
 
