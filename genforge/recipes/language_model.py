@@ -111,6 +111,8 @@ TEST_CONFIGS = {
                 "model.embed_size": 16, "model.hidden_size": 16},
     "lstm-char-tied": {**_TEST_COMMON, "model": "lstm", "model.embed_size": 16,
                        "model.hidden_size": 24, "model.tie_weights": True},
+    "llama-char": {**_TEST_COMMON, "model": "llama", "model.n_head": 2, "model.n_kv_head": 1,
+                   "model.d_model": 16, "model.intermediate": 32},
 }
 
 
