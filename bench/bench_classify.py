@@ -26,7 +26,7 @@ def one(preset: str) -> dict:
 
     from genforge.config import make_config
     from genforge.recipes import resolve
-    from genforge.train.checkpoint import load_run
+    from genforge.train.checkpoint import load_run, read_metrics
     from genforge.train.trainer import fit
 
     rname, recipe, overrides = resolve(preset)
@@ -36,8 +36,7 @@ def one(preset: str) -> dict:
         t0 = time.perf_counter()
         run = fit(rname, cfg, Path(tmp) / "run", log=lambda s: None)
         wall = time.perf_counter() - t0
-        recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-        steps = max(r["step"] for r in recs)
+        steps = max(r["step"] for r in read_metrics(run))
         rec, cfg2, model = load_run(run, "best")
         cfg2.eval_batches = 0
         test = rec.evaluate(model, cfg2, "test")

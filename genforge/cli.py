@@ -306,6 +306,8 @@ def serve(
 @app.command()
 def runs(folder: Path = typer.Argument(Path("runs"), help="folder holding run directories")) -> None:
     """Table of the runs under a folder with their key metrics."""
+    from genforge.train.checkpoint import read_metrics
+
     if not folder.is_dir():
         typer.echo(f"no runs: {folder} does not exist (train one with `genforge train quickstart`)")
         return
@@ -314,15 +316,10 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="folder holding run di
         run = cfg_path.parent
         cfg = json.loads(cfg_path.read_text())
         last_val, last_step = {}, 0
-        mpath = run / "metrics.jsonl"
-        if mpath.is_file():
-            for ln in mpath.read_text().splitlines():
-                if not ln.strip():
-                    continue
-                rec = json.loads(ln)
-                last_step = max(last_step, rec.get("step", 0))
-                if any(k.startswith("val_") for k in rec):
-                    last_val = rec
+        for rec in read_metrics(run):
+            last_step = max(last_step, rec.get("step", 0))
+            if any(k.startswith("val_") for k in rec):
+                last_val = rec
         test = {}
         epath = run / "eval.json"
         if epath.is_file():

@@ -101,16 +101,41 @@ def weights_path(run_dir: Path, which: str = "best") -> Path:
                    "training or have failed before its first checkpoint")
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order ([] when there is none yet).
+
+    The one reader of that file. The trainer appends a line per log and per evaluation, so
+    a run killed mid-write can leave its last line cut short: that line is skipped (the
+    record is lost, as the step it reported was never checkpointed). Any other bad line
+    means the file was damaged, which is an error."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise RunError(f"{path} line {i + 1} is not a JSON record ({e}); the file is damaged") from None
+    return records
+
+
 def logged_training_time(run_dir: str | Path, cfg) -> tuple[float, int]:
     """Pure training seconds (evaluations excluded) and steps of a run, from the speed the
     trainer logs in metrics.jsonl."""
-    seconds, steps, last = 0.0, 0, 0
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    seconds, steps, last, seen = 0.0, 0, 0, 0
+    for rec in read_metrics(run_dir):
         if "examples_per_s" in rec:
             n = rec["step"] - last
-            seconds += n * cfg.batch_size * cfg.grad_accum / rec["examples_per_s"]
-            steps, last = steps + n, rec["step"]
+            # runs logged before `examples` was recorded: every step processed the nominal batch
+            examples = rec.get("examples", seen + n * cfg.batch_size * cfg.grad_accum)
+            seconds += (examples - seen) / rec["examples_per_s"]
+            steps, last, seen = steps + n, rec["step"], examples
     return seconds, steps
 
 
