@@ -1,5 +1,4 @@
 """Trainer behaviour: exact resume, regularisation, schedules, early stopping, safety."""
-import json
 import math
 
 import pytest
@@ -38,8 +37,8 @@ def test_resume_is_exact(tmp_path, optimizer):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    full = [json.loads(ln)["step"] for ln in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in ckpt.read_metrics(tmp_path / "split")]
+    full = [r["step"] for r in ckpt.read_metrics(tmp_path / "full")]
     assert steps == full
 
 
@@ -182,7 +181,7 @@ def test_time_budget_ends_the_run_with_the_lr_at_its_floor(tmp_path):
     state = torch.load(run / "trainer_state.pt", weights_only=True)
     assert 1 <= state["step"] < 100_000
     assert state["elapsed_s"] >= budget_s
-    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = ckpt.read_metrics(run)
     train = [r for r in recs if "lr" in r]
     assert train[-1]["step"] == state["step"]
     assert train[-1]["lr"] < 0.05 * 1e-2 < train[0]["lr"]  # decayed with time, not with steps
@@ -207,3 +206,126 @@ def test_a_resumed_run_counts_the_time_it_already_spent(tmp_path):
     state = torch.load(run / "trainer_state.pt", weights_only=True)
     assert state["step"] == 3 < _cfg().max_steps
     assert state["elapsed_s"] > spent
+
+
+def _mlp_cfg(**kw):
+    """No dropout, batch norm or augmentation: a step's gradient depends only on its examples."""
+    base = {"model": "mlp", "data": "fashion-mnist", "train_limit": 256, "model.hidden": (16,),
+            "max_steps": 4, "eval_every": 4, "eval_batches": 1, "log_every": 2, "plots": False,
+            "schedule": "constant", "l2": 1e-4, "grad_clip": 1.0}
+    base.update(kw)
+    return make_config(IC, base)
+
+
+def test_grad_accum_matches_the_larger_batch(tmp_path):
+    """2 micro-batches of 8 per update == batches of 16: same weights, same examples counted."""
+    big = fit("image-classify", _mlp_cfg(batch_size=16), tmp_path / "big", **QUIET)
+    acc = fit("image-classify", _mlp_cfg(batch_size=8, grad_accum=2), tmp_path / "acc", **QUIET)
+    a, b = load_file(big / "model.safetensors"), load_file(acc / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    train = [r for r in ckpt.read_metrics(acc) if "examples_per_s" in r]
+    assert [r["examples"] for r in train] == [2 * 16, 4 * 16]
+    # the logged speed and example counts give back the pure training time, which cannot
+    # exceed the run's wall time (a speed counting half the examples would give twice it)
+    seconds, steps = ckpt.logged_training_time(acc, _mlp_cfg(batch_size=8, grad_accum=2))
+    assert steps == 4 and 0 < seconds <= torch.load(acc / "trainer_state.pt", weights_only=True)["elapsed_s"]
+
+
+def test_grad_accum_resume_is_exact(tmp_path):
+    """The batch iterator counts micro-batches: a resumed run continues at step * grad_accum."""
+    cfg = lambda: _cfg(batch_size=8, grad_accum=2)  # noqa: E731
+    full = fit("image-classify", cfg(), tmp_path / "full", **QUIET)
+    fit("image-classify", cfg(), tmp_path / "split", stop_at=4, **QUIET)
+    split = fit("image-classify", cfg(), tmp_path / "split", resume=True, **QUIET)
+    a, b = load_file(full / "model.safetensors"), load_file(split / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("rname,overrides", [
+    ("image-generate", {"model": "gan"}),
+    ("reinforce", {"model": "dqn"}),
+])
+def test_grad_accum_is_refused_by_a_recipe_whose_update_ignores_it(tmp_path, rname, overrides):
+    from genforge.config import ConfigError
+
+    cfg = make_config(get_recipe(rname), {**overrides, "grad_accum": 2})
+    with pytest.raises(ConfigError, match=f"grad_accum=2 does not apply to the {rname} recipe"):
+        fit(rname, cfg, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_grad_accum_below_one_is_refused(tmp_path):
+    from genforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grad_accum must be >= 1"):
+        fit("image-classify", _cfg(grad_accum=0), tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 2.0}\n\n{"step": 2, "val_lo')
+    assert ckpt.read_metrics(tmp_path) == [{"step": 1, "train_loss": 2.0}]
+    assert ckpt.read_metrics(tmp_path / "missing") == []
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tr\n{"step": 2}\n')
+    with pytest.raises(ckpt.RunError, match="line 1 is not a JSON record"):
+        ckpt.read_metrics(tmp_path)
+
+
+def test_resume_after_a_kill_mid_write_drops_the_cut_line(tmp_path):
+    run = fit("image-classify", _cfg(log_every=1), tmp_path / "run", stop_at=2, **QUIET)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train_lo')  # the process died here
+    fit("image-classify", _cfg(log_every=1), run, resume=True, **QUIET)
+    steps = [r["step"] for r in ckpt.read_metrics(run) if "lr" in r]
+    assert steps == list(range(1, _cfg().max_steps + 1))
+
+
+def _accumulating_recipe():
+    """image-classify with its own update that declares UPDATE_ACCUMULATES: each train batch
+    holds grad_accum micro-batches, and the update accumulates over them."""
+    import dataclasses
+    import types
+
+    from genforge.train.optim import make_optimizer
+
+    mod = types.ModuleType("accumulating_recipe")
+    mod.Config, mod.MODELS, mod.build, mod.evaluate = IC.Config, IC.MODELS, IC.build, IC.evaluate
+    mod.TEST_CONFIG, mod.UPDATE_ACCUMULATES = {}, True
+
+    def batches(cfg, split, start_step=0, model=None):
+        if split != "train":
+            return IC.batches(cfg, split)
+        return IC.batches(dataclasses.replace(cfg, batch_size=cfg.batch_size * cfg.grad_accum), split, start_step)
+
+    def update(model, batch, opts, step, cfg):
+        opt = opts["main"]
+        for x, y in zip(batch[0].chunk(cfg.grad_accum), batch[1].chunk(cfg.grad_accum)):
+            out = IC.loss(model, (x, y))
+            (out["loss"] / cfg.grad_accum).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": out["loss"].detach()}
+
+    mod.batches, mod.update = batches, update
+    mod.optimizers = lambda model, cfg: {"main": make_optimizer(model, cfg)}
+    return mod
+
+
+def test_an_update_that_declares_grad_accum_gets_it(tmp_path, monkeypatch):
+    import sys
+
+    from genforge.recipes import RECIPES
+    from genforge.recipes.contract import check_recipe
+
+    mod = _accumulating_recipe()
+    check_recipe(mod)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(RECIPES, "accumulating", mod.__name__)
+    cfg = lambda: _mlp_cfg(batch_size=8, grad_accum=2, l2=0.0, grad_clip=0.0)  # noqa: E731
+    own = fit("accumulating", cfg(), tmp_path / "own", **QUIET)
+    ref = fit("image-classify", cfg(), tmp_path / "ref", **QUIET)
+    a, b = load_file(own / "model.safetensors"), load_file(ref / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert [r["examples"] for r in ckpt.read_metrics(own) if "examples" in r] == [2 * 16, 4 * 16]

@@ -1,7 +1,6 @@
 """PNG plots (matplotlib, Agg backend): training curves, confusion matrices."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -14,15 +13,14 @@ def _plt():
     return plt
 
 
-def plot_curves(metrics_path: Path, out: Path) -> Path | None:
-    """Loss and validation metrics against step, from metrics.jsonl."""
-    if not Path(metrics_path).is_file():
-        return None
-    recs = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+def plot_curves(run_dir: Path, out: Path) -> Path | None:
+    """Loss and validation metrics against step, from the run's metrics.jsonl."""
+    from genforge.train.checkpoint import read_metrics
+
     series: dict[str, tuple[list, list]] = {}
-    for r in recs:
+    for r in read_metrics(run_dir):
         for k, v in r.items():
-            if k in ("step", "lr", "examples_per_s") or not isinstance(v, (int, float)):
+            if k in ("step", "lr", "examples", "examples_per_s") or not isinstance(v, (int, float)):
                 continue
             xs, ys = series.setdefault(k, ([], []))
             xs.append(r["step"])

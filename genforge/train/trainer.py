@@ -3,7 +3,8 @@
 Reads top-down: set-up (device, seed, model, optimiser, schedule, resume), then the loop
 (accumulate micro-batches -> clip -> step -> schedule), with logging, evaluation,
 checkpointing and early stopping every N steps. Recipes plug in through `loss` (one
-optimiser) or `optimizers` + `update` (GAN, RL); nothing else is a hook.
+optimiser) or `optimizers` + `update` (GAN, RL); the few other names it reads from a recipe
+(`log_samples`, `extra_state`, `NO_EMA`, ...) are listed in genforge/recipes/contract.py.
 """
 from __future__ import annotations
 
@@ -36,12 +37,25 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint we resume from."""
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint we resume from (and a line a
+    killed run left half-written)."""
+    path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    ckpt.atomic_write(path, lambda p: p.write_text("".join(ln + "\n" for ln in keep)))
+    keep = [json.dumps(r) + "\n" for r in ckpt.read_metrics(run_dir) if r.get("step", 0) <= step]
+    ckpt.atomic_write(path, lambda p: p.write_text("".join(keep)))
+
+
+def _check_grad_accum(recipe, recipe_name: str, cfg: C.TrainConfig) -> None:
+    if cfg.grad_accum < 1:
+        raise C.ConfigError(f"grad_accum must be >= 1 (micro-batches per optimizer update), got {cfg.grad_accum}")
+    # a recipe's own update receives one batch per step; unless it declares that it
+    # accumulates, grad_accum would be silently ignored (and examples/s overstated)
+    if cfg.grad_accum > 1 and hasattr(recipe, "update") and not getattr(recipe, "UPDATE_ACCUMULATES", False):
+        raise C.ConfigError(f"grad_accum={cfg.grad_accum} does not apply to the {recipe_name} recipe: "
+                            "its own update makes one optimizer step per batch; remove the grad_accum "
+                            "setting (raise batch_size for larger batches)")
 
 
 def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool = False,
@@ -50,10 +64,18 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
 
     `stop_at` ends the run early after that many steps, checkpointed, as an interruption
     would (used to test that resuming is exact)."""
+    return fit_model(recipe_name, cfg, out_dir, resume, stop_at, log)[0]
+
+
+def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool = False,
+              stop_at: int | None = None, log: Callable[[str], None] = print) -> tuple[Path, torch.nn.Module]:
+    """`fit`, also returning the trained model as it is in memory at the end: the model that
+    `load_run(out_dir, "last")` rebuilds (the weight average when `ema` is on)."""
     recipe = get_recipe(recipe_name)
     out_dir = Path(out_dir)
     if cfg.max_minutes < 0:
         raise C.ConfigError(f"max_minutes must be >= 0 (0 = no time budget), got {cfg.max_minutes}")
+    _check_grad_accum(recipe, recipe_name, cfg)  # before anything is written
     if cfg.ema:
         check_decay(cfg.ema)  # before anything is written
         if hasattr(recipe, "NO_EMA"):
@@ -84,6 +106,11 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     ckpt.save_config(out_dir, recipe_name, cfg)  # after build: data-dependent fields are filled
     custom = hasattr(recipe, "update")
     opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg)}
+    # batches drawn per optimizer step: the loss path draws each micro-batch itself; a custom
+    # update that accumulates (UPDATE_ACCUMULATES) gets all of a step's micro-batches in one
+    draws_per_step = 1 if custom else cfg.grad_accum
+    # what one step really processes (grad_accum > 1 with a non-accumulating update is refused)
+    examples_per_step = cfg.batch_size * cfg.grad_accum
 
     step, best, bad_evals = 0, None, 0
     if state is not None:
@@ -96,8 +123,11 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     # what evaluation, samples and best.safetensors use: the averaged weights when there are any
     eval_model = ema.model if ema is not None else model
 
-    batches = recipe.batches(cfg, "train", start_step=step, model=model)
+    # the iterator counts batches drawn, not optimizer steps: resume where it really stopped
+    batches = recipe.batches(cfg, "train", start_step=step * draws_per_step, model=model)
     steps_per_epoch = getattr(batches, "steps_per_epoch", None)
+    if steps_per_epoch:
+        steps_per_epoch = max(1, steps_per_epoch // draws_per_step)
     total = cfg.max_steps or math.ceil(cfg.epochs * (steps_per_epoch or 1000))
     # time budget: seconds spent before this call (a resumed run) + this call's time from here
     limit_s, spent_before, t_start = cfg.max_minutes * 60, (state or {}).get("elapsed_s", 0.0), time.perf_counter()
@@ -114,7 +144,7 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
         if hasattr(recipe, "load_extra_state") and "extra" in state:
             recipe.load_extra_state(model, cfg, state["extra"])
         ckpt.set_rng_state(state["rng"])
-        _truncate_metrics(out_dir / "metrics.jsonl", step)
+        _truncate_metrics(out_dir, step)
         log(f"resumed {out_dir} at step {step}/{total}")
 
     train_model = torch.compile(model) if cfg.compile else model
@@ -122,7 +152,6 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     save_every = cfg.save_every or eval_every
     writer = _tensorboard(out_dir, cfg.tensorboard, log)
     metrics_path = out_dir / "metrics.jsonl"
-    examples_per_step = cfg.batch_size * cfg.grad_accum
 
     def save(final: bool = False) -> None:
         ckpt.save_weights(model, out_dir / "model.safetensors")
@@ -178,6 +207,7 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
             dt = time.perf_counter() - t_log
             rec = {"step": step, **{f"train_{k}": float(v) / n_logged for k, v in sums.items()},
                    "lr": next(iter(opts.values())).param_groups[0]["lr"],
+                   "examples": step * examples_per_step,  # seen since step 0, resumes included
                    "examples_per_s": examples_per_step * n_logged / max(dt, 1e-9)}
             _append_jsonl(metrics_path, rec)
             _tb(writer, rec, step)
@@ -206,7 +236,13 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
             else:
                 bad_evals += 1
             if hasattr(recipe, "log_samples"):
-                text = recipe.log_samples(eval_model, cfg, out_dir, step)
+                # a sample is a look at the model, not part of training: when it fails (a prompt
+                # the vocabulary lacks, a full samples/ folder) the run says so and trains on
+                try:
+                    text = recipe.log_samples(eval_model, cfg, out_dir, step)
+                except Exception as e:
+                    text = (f"warning: no sample at step {step} ({e.__class__.__name__}: {e}); "
+                            "training continues")
                 if text:
                     log(text)
             if cfg.patience and bad_evals >= cfg.patience:
@@ -223,8 +259,8 @@ def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool 
     if cfg.plots:
         from genforge.evaluate.plots import plot_curves
 
-        plot_curves(metrics_path, out_dir / "plots" / "curves.png")
-    return out_dir
+        plot_curves(out_dir, out_dir / "plots" / "curves.png")
+    return out_dir, eval_model
 
 
 class _NoBar:
