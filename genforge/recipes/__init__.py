@@ -1,8 +1,9 @@
 """The recipe registry: one line per recipe (name -> module path), imported lazily.
 
 A recipe module follows the contract in docs/recipes.md: `Config`, `MODELS`, `build`,
-`batches`, `loss` (or `optimizers` + `update`), `evaluate`, and optionally `predict`,
-`sample`, `log_samples`, `PRESETS` and `TEST_CONFIG`.
+`batches`, `loss` (or `optimizers` + `update`), `evaluate`, and optional hooks. Every name
+the framework reads from a recipe is in one table, genforge/recipes/contract.py (`HOOKS`),
+which `check_recipe(module)` checks a recipe against.
 """
 from __future__ import annotations
 
