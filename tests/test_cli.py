@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from genforge.data.idx import read_idx
+from genforge.train.checkpoint import read_metrics
 
 
 def gf(*args, cwd, check=True):
@@ -57,7 +58,7 @@ def test_resume_extends_a_run(tmp_path):
     gf("train", "mlp-digits", "--set", "max_steps=4", "--set", "eval_every=2", "--out", "r", cwd=tmp_path)
     p = gf("train", "--resume", "r", "--set", "max_steps=6", cwd=tmp_path)
     assert "resumed r at step 4/6" in p.stdout
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_metrics(tmp_path / "r")]
     assert max(steps) == 6
 
 
