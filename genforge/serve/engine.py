@@ -119,19 +119,26 @@ class Batch:
         for j in self.jobs:
             j.cancelled = True
 
-    async def items(self, poll=None) -> AsyncIterator[tuple[Any, Any]]:
+    async def items(self, poll=None, every: float = 0.25) -> AsyncIterator[tuple[Any, Any]]:
         """(tag, item) until every job is done; re-raises a job's exception. `poll`, an
-        async callable returning True when the client has gone, is checked while waiting."""
+        async callable returning True when the client has gone, is checked every `every`
+        seconds by the clock, whether items are arriving or not: a generation that yields a
+        token every few milliseconds must still notice that nobody waits for its answer."""
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time() + every
         try:
             while self.open:
                 if poll is None:
                     tag, kind, val = await self.queue.get()
                 else:
-                    try:
-                        tag, kind, val = await asyncio.wait_for(self.queue.get(), 0.25)
-                    except asyncio.TimeoutError:
+                    if loop.time() >= next_poll:
                         if await poll():
                             return
+                        next_poll = loop.time() + every
+                    try:
+                        tag, kind, val = await asyncio.wait_for(self.queue.get(),
+                                                                max(0.0, next_poll - loop.time()))
+                    except asyncio.TimeoutError:
                         continue
                 if kind is _DONE:
                     self.open -= 1
