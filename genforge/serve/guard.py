@@ -6,9 +6,19 @@ import hmac
 from genforge.serve.errors import APIError
 
 
+# the generated API documents list every served model id and parameter, so with a key set
+# they are as private as /v1/* (the playground page at / stays open: it asks for the key)
+DOC_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def needs_key(path: str) -> bool:
+    return path.startswith("/v1/") or path in DOC_PATHS
+
+
 class Guard:
-    """ASGI middleware, before any route: the API key on /v1/* and the body-size limit (the
-    body is read here, at most max_body_bytes of it, and replayed to the route)."""
+    """ASGI middleware, before any route: the API key on /v1/* and the API documents, and the
+    body-size limit (the body is read here, at most max_body_bytes of it, and replayed to the
+    route)."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
         self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
@@ -21,7 +31,7 @@ class Guard:
         async def refuse(err: APIError):
             await err.response()(scope, receive, send)
 
-        if self.api_key and scope["path"].startswith("/v1/"):
+        if self.api_key and needs_key(scope["path"]):
             auth = headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             if not auth.strip():
