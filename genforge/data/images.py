@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +21,57 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 _IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
-def load_image(path: str | Path | bytes, channels: int | None = None,
-               size: tuple[int, int] | None = None) -> torch.Tensor:
-    """One image file (or its encoded bytes) -> uint8 tensor (C, H, W). `channels` 1 or 3
-    converts; `size` (H, W) resizes with bilinear filtering."""
-    from PIL import Image, UnidentifiedImageError
+# The pixel cap on decoding. A PNG of 15000x15000 pixels compresses to 36 KB and decodes to
+# 675 MB (a "decompression bomb"), so the size the header declares is checked before any
+# pixel is decoded. The default cap is several times the model's input, and at least
+# 4096x4096 so that any camera photo passes (it is resized to the model's input anyway).
+MIN_MAX_IMAGE_PIXELS = 4096 * 4096
+INPUT_MULTIPLE = 64
 
+
+def max_image_pixels(size: tuple[int, int] | None = None, setting: int = 0) -> int:
+    """The pixel cap: `setting` when it is set (> 0), else the default for an input `size` (H, W)."""
+    if setting > 0:
+        return setting
+    if size is None:
+        return MIN_MAX_IMAGE_PIXELS
+    return max(MIN_MAX_IMAGE_PIXELS, INPUT_MULTIPLE * size[0] * size[1])
+
+
+@functools.cache
+def _pil():
+    from PIL import Image
+
+    # our cap (checked right after the header is read) replaces Pillow's warning at 89
+    # megapixels; Pillow's own DecompressionBombError (past 179 megapixels) is kept and answered
+    # as the same clear error
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
+def load_image(path: str | Path | bytes, channels: int | None = None,
+               size: tuple[int, int] | None = None, max_pixels: int = 0) -> torch.Tensor:
+    """One image file (or its encoded bytes) -> uint8 tensor (C, H, W). `channels` 1 or 3
+    converts; `size` (H, W) resizes with bilinear filtering. An image declaring more than
+    `max_pixels` pixels (0 = the default for `size`, see max_image_pixels) is refused with a
+    DataError before it is decoded."""
+    from PIL import UnidentifiedImageError
+
+    Image = _pil()
     if isinstance(path, (bytes, bytearray)):  # an encoded image already in memory
         src, path = io.BytesIO(path), "the uploaded image"
     else:
         src = path = Path(path)
+    limit = max_image_pixels(size, max_pixels)
+
+    def too_big(width: int, height: int) -> DataError:
+        return DataError(f"{path} is {width}x{height} pixels ({width * height:,}), more than the "
+                         f"limit of {limit:,} pixels (max_image_pixels); shrink the image, or "
+                         "raise max_image_pixels if it is genuine")
     try:
-        with Image.open(src) as im:
+        with Image.open(src) as im:  # reads the header only; pixels are decoded on first use
+            if im.width * im.height > limit:
+                raise too_big(im.width, im.height)
             mode = {1: "L", 3: "RGB"}.get(channels or 0, "RGB" if im.mode not in ("L", "1") else "L")
             im = im.convert(mode)
             if size is not None and (im.height, im.width) != tuple(size):
@@ -39,6 +79,10 @@ def load_image(path: str | Path | bytes, channels: int | None = None,
             arr = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError:  # past Pillow's own hard limit, before our check ran
+        raise DataError(f"{path} declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, far more "
+                        f"than the limit of {limit:,} pixels (max_image_pixels); shrink the "
+                        "image") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); use PNG or "
                         "JPEG files") from None
@@ -48,11 +92,12 @@ def load_image(path: str | Path | bytes, channels: int | None = None,
 
 
 def load_image_folder(root: str | Path, channels: int | None = None,
-                      size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                      size: tuple[int, int] | None = None,
+                      max_pixels: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """`root/<class>/<image>` -> (uint8 images (N, C, H, W), labels (N,), class names).
 
     All images are converted to the channel count and size of the first one unless
-    `channels` / `size` are given."""
+    `channels` / `size` are given. `max_pixels` caps each image as in load_image."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
@@ -68,7 +113,7 @@ def load_image_folder(root: str | Path, channels: int | None = None,
                 raise DataError(f"{f} is not an image file (expected one of "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))}); move it out of the "
                                 "image folder")
-            img = load_image(f, channels, size)
+            img = load_image(f, channels, size, max_pixels)
             if channels is None:
                 channels = img.shape[0]
             if size is None:
@@ -93,7 +138,7 @@ class ImageSplits:
 
 def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
                       test_fraction: float = 0.2, train_limit: int = 0, image_size: int = 0,
-                      channels: int = 0) -> ImageSplits:
+                      channels: int = 0, max_image_pixels: int = 0) -> ImageSplits:
     """A named dataset (fashion-mnist, mnist, digits, cifar10) or a folder `data/<class>/<image>`
     -> train/val/test splits, the same for every recipe that reads images.
 
@@ -105,7 +150,8 @@ def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
       - `train_limit` keeps the first N training images, then `val_fraction` of those is
         carved out for validation.
     `image_size` (folders) resizes to a square side; `channels` converts a folder's images
-    (1 grey, 3 RGB) and must match a named dataset's images."""
+    (1 grey, 3 RGB) and must match a named dataset's images; `max_image_pixels` caps a
+    folder's images before decoding (0 = the default, see max_image_pixels)."""
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
             raise DataError(f"{name}={value} must be at least 0 and below 1 (a fraction of the images)")
@@ -116,7 +162,7 @@ def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
     roots = tuple(str(p) for p in registry.search_roots(data_dir or None))
     train, test, classes, train_missing = _load_source(
         data, data_dir, roots, test_fraction,
-        image_size if is_folder else 0, channels if is_folder else 0)
+        image_size if is_folder else 0, channels if is_folder else 0, max_image_pixels)
     if channels and train[0].shape[1] != channels:
         raise DataError(f"data={data!r} has {train[0].shape[1]}-channel images but {channels}-channel "
                         f"images are needed here; choose a dataset of {channels}-channel images")
@@ -141,7 +187,7 @@ def _carve_test(x: torch.Tensor, y: torch.Tensor, test_fraction: float):
 
 @functools.lru_cache(maxsize=4)
 def _load_source(data: str, data_dir: str, roots: tuple[str, ...], test_fraction: float,
-                 image_size: int, channels: int):
+                 image_size: int, channels: int, max_pixels: int = 0):
     """-> (train (x, y), test (x, y), class names, train_missing), before validation carving."""
     if data in ("fashion-mnist", "mnist"):
         return _load_idx(data, data_dir, test_fraction)
@@ -161,7 +207,7 @@ def _load_source(data: str, data_dir: str, roots: tuple[str, ...], test_fraction
     path = Path(data)
     if path.is_dir():
         size = (image_size, image_size) if image_size else None
-        x, y, classes = load_image_folder(path, channels or None, size)
+        x, y, classes = load_image_folder(path, channels or None, size, max_pixels)
         train, test = _carve_test(x, y, test_fraction)
         return train, test, classes, False
     raise DataError(

@@ -38,6 +38,7 @@ class Config(TrainConfig):
     crop_pad: int = 0  # augmentation: random crop after padding by this many pixels
     flip: bool = False  # augmentation: random horizontal flip
     image_size: int = 0  # resize images of a folder to this side (0 = keep the first's size)
+    max_image_pixels: int = 0  # refuse (before decoding) images with more pixels (0 = 64x the input, at least 4096x4096)
     batch_size: int = 128
     epochs: float = 5.0
     metric: str = "val_accuracy"
@@ -99,7 +100,7 @@ def _splits(cfg: Config) -> tuple[dict, list[str]]:
     """{train, val, test: (uint8 images (N, C, H, W), labels)} and class names, by the one
     image loader every image recipe shares (genforge.data.images.load_image_splits)."""
     d = load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
-                          cfg.train_limit, cfg.image_size, cfg.channels)
+                          cfg.train_limit, cfg.image_size, cfg.channels, cfg.max_image_pixels)
     return d.splits, d.classes
 
 
@@ -159,7 +160,8 @@ def evaluate(model, cfg: Config, split: str = "val") -> dict:
 def classify(model, cfg: Config, images: list, top: int = 3) -> list[dict]:
     """Images (encoded PNG/JPEG bytes or file paths) -> [{input, label, probability, top}]."""
     device = next(model.parameters()).device
-    x = torch.stack([load_image(p, cfg.channels, (cfg.height, cfg.width)) for p in images])
+    x = torch.stack([load_image(p, cfg.channels, (cfg.height, cfg.width), cfg.max_image_pixels)
+                     for p in images])
     probs = F.softmax(model(_normalize(x, cfg).to(device)).float(), dim=-1)
     return top_predictions(probs, cfg.classes, images, top)
 
