@@ -191,8 +191,11 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
 def _prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:  # nothing to condition on: start after a line break, a natural text boundary
-        ids = tokenizer.encode("\n") or [0]
-    return ids
+        try:
+            ids = tokenizer.encode("\n")
+        except ValueError:  # a char vocabulary of text without line breaks: its first token
+            ids = []
+    return ids or [0]
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

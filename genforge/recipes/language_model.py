@@ -70,7 +70,8 @@ class Config(TrainConfig):
     log_every: int = 50
     metric: str = "val_loss"
     metric_mode: str = "min"
-    # the sample printed at each evaluation
+    # the sample printed at each evaluation starts from this text; when the vocabulary cannot
+    # spell it (e.g. "\n" in text without line breaks) or it is "", from the training text's first token
     sample_prompt: str = "\n"
     sample_tokens: int = 200
     sample_temperature: float = 0.8
@@ -273,15 +274,34 @@ def sample(model, cfg: Config, prompt: str = "", run_dir=None, **opts) -> str:
     return generate_text(model, tokenizer(cfg, run_dir), prompt, _sampling(cfg, **opts))
 
 
+def _sample_prompt(cfg: Config, run_dir=None) -> tuple[str, str]:
+    """(prompt, note) for the evaluation samples: `sample_prompt` when the vocabulary can spell
+    it, else the training text's first token, which every vocabulary of this run holds (a
+    char vocabulary of text without line breaks has no "\n", the default)."""
+    tok = tokenizer(cfg, run_dir)
+    if cfg.sample_prompt:
+        try:
+            if tok.encode(cfg.sample_prompt):
+                return cfg.sample_prompt, ""
+        except ValueError:
+            pass
+    first = tok.decode([int(tokens(cfg, "train")[0])])
+    chosen = cfg.sample_prompt not in ("", Config.sample_prompt)  # the default needs no note
+    note = (f"(sample_prompt {cfg.sample_prompt!r} is not in this vocabulary; starting from the "
+            "training text's first token)\n" if chosen else "")
+    return first, note
+
+
 def log_samples(model, cfg: Config, run_dir, step: int) -> str:
-    text = sample(model, cfg, cfg.sample_prompt, run_dir, max_new_tokens=cfg.sample_tokens,
+    prompt, note = _sample_prompt(cfg, run_dir)
+    text = sample(model, cfg, prompt, run_dir, max_new_tokens=cfg.sample_tokens,
                   temperature=cfg.sample_temperature, seed=cfg.seed)
-    shown = cfg.sample_prompt + text
+    shown = prompt + text
     if run_dir is not None:
         out = Path(run_dir) / "samples" / f"step_{step:07d}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(shown, encoding="utf-8")
-    return f"sample at step {step}:\n{shown}\n"
+    return f"sample at step {step}:\n{note}{shown}\n"
 
 
 _CLI_NAMES = {"max_tokens": "max_new_tokens"}
