@@ -29,12 +29,14 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class RNNConfig:
+    """Defaults: the gru-shakespeare preset's size, which trains in minutes on 2 CPU cores."""
+
     vocab_size: int = 0  # filled from the tokenizer by the recipe
     cell: Literal["rnn", "lstm", "gru"] = "gru"
-    embed_size: int = 256
-    hidden_size: int = 512
+    embed_size: int = 64
+    hidden_size: int = 256
     n_layer: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.0
     tie_weights: bool = False  # adds a hidden -> embed projection when sizes differ
     block_size: int = 128  # training window length (truncated backprop through time)
 

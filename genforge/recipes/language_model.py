@@ -58,7 +58,7 @@ class Config(TrainConfig):
     tokenizer: str = "char"
     bpe_vocab: int = 1024  # vocabulary size of the BPE tokenizer
     max_steps: int = 2000
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
