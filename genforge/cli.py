@@ -182,20 +182,56 @@ def play(
     recipe.cli_play(model, cfg, run, episodes=episodes, gif=str(gif) if gif else None)
 
 
+def _predict_inputs(given: list[str], text_run: bool) -> list[str]:
+    """Expand `-` (standard input, one input per line) and folders (every text or image
+    file in them, sorted by name) into the list of inputs."""
+    from genforge.data.images import IMAGE_SUFFIXES
+
+    suffixes = {".txt"} if text_run else IMAGE_SUFFIXES
+    out: list[str] = []
+    for item in given:
+        if item == "-":
+            out += [ln for ln in (ln.rstrip("\r\n") for ln in sys.stdin) if ln.strip()]
+        elif Path(item).is_dir():
+            files = sorted(str(p) for p in Path(item).iterdir()
+                           if p.is_file() and p.suffix.lower() in suffixes)
+            if not files:
+                raise typer.BadParameter(f"{item} holds no {'.txt' if text_run else 'image'} files "
+                                         f"(looked for {', '.join(sorted(suffixes))})")
+            out += files
+        else:
+            out.append(item)
+    if not out:
+        raise typer.BadParameter("no inputs: standard input was empty")
+    return out
+
+
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="run directory of a classifier"),
-    inputs: List[str] = typer.Argument(..., help="input files (images for image classifiers)"),
+    inputs: List[str] = typer.Argument(..., help="text runs: the texts themselves (or .txt files); "
+                                       "image runs: image files. A folder means every such file "
+                                       "in it; - reads one input per line from standard input"),
     top: int = typer.Option(3, help="how many classes to show per input"),
+    json_: bool = typer.Option(False, "--json", help="print one JSON object per input "
+                               "(input, label, probability, top) instead of a tab-separated line"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
-    """Predict classes (with probabilities) for input files."""
+    """Predict classes (with probabilities) for texts (text runs) or image files (image runs)."""
+    from genforge.recipes import capabilities
     from genforge.train.checkpoint import load_run
 
     recipe, cfg, model = load_run(run, checkpoint)
     if not hasattr(recipe, "predict"):
         raise typer.BadParameter(f"{run} is a {cfg.model} run whose recipe does not predict classes")
-    for r in recipe.predict(model, cfg, inputs, top=top):
+    items = _predict_inputs(inputs, "text-input" in capabilities(recipe, cfg))
+    for r in recipe.predict(model, cfg, items, top=top):
+        if json_:
+            typer.echo(json.dumps({"input": r["input"], "label": r["label"],
+                                   "probability": round(float(r["probability"]), 6),
+                                   "top": [{"label": lab, "probability": round(float(p), 6)}
+                                           for lab, p in r["top"]]}))
+            continue
         alts = ", ".join(f"{lab} {p:.3f}" for lab, p in r["top"])
         typer.echo(f"{r['input']}\t{r['label']}\t{r['probability']:.4f}\t({alts})")
 

@@ -58,6 +58,9 @@ def test_every_mask_kind_matches_the_written_out_formula(n_kv):
         torch.testing.assert_close(attn(x, **kw), ref, atol=1e-5, rtol=1e-5, msg=name)
         y, w = attn(x, need_weights=True, **kw)
         torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5, msg=name)
+        attn.fused = False  # every call through reference_attention (GPT's fused_attention=False)
+        torch.testing.assert_close(attn(x, **kw), ref, atol=1e-5, rtol=1e-5, msg=name)
+        attn.fused = True
         assert w.shape == (B, 4, T, T)
         torch.testing.assert_close(w.sum(-1), torch.ones(B, 4, T))
 
@@ -138,6 +141,23 @@ def test_cached_decoding_equals_full_forward_at_every_step(n_kv, rotary):
         pieces.append(attn(x[:, t:t + 1], causal=True, cache=cache))
         cache.advance(torch.zeros(B, 1, dtype=torch.long))
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_written_out_path_decodes_with_a_cache_like_the_fused_one():
+    """fused=False (reference_attention) under a cache: prefill, a 2-token chunk after the
+    prefix (bottom-right causal mask) and single tokens give the full causal forward."""
+    torch.manual_seed(7)
+    attn = MultiHeadAttention(32, 4, n_kv_head=2, rotary=Rotary(8), fused=False).eval()
+    x = torch.randn(2, 8, 32)
+    full = attn(x, causal=True)
+    cache = make_cache(attn, 2, 8)
+    pieces = []
+    for a, b in [(0, 3), (3, 5), (5, 6), (6, 7), (7, 8)]:
+        pieces.append(attn(x[:, a:b], causal=True, cache=cache))
+        cache.advance(torch.zeros(2, b - a, dtype=torch.long))
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    attn.fused = True
+    torch.testing.assert_close(attn(x, causal=True), full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n_kv", [4, 2])

@@ -84,27 +84,41 @@ def load_image(path: str | Path | bytes, channels: int | None = None,
                         f"than the limit of {limit:,} pixels (max_image_pixels); shrink the "
                         "image") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); use PNG or "
-                        "JPEG files") from None
+        # a known image suffix means the file is damaged (a corrupt PNG is still a PNG: advising
+        # PNG would send the user in circles); an unknown one means a format Pillow cannot read
+        known = isinstance(path, Path) and path.suffix.lower() in IMAGE_SUFFIXES
+        why = ("the file is damaged or truncated; replace it or remove it" if known else
+               f"its format is not one this loader reads ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UnreadableImage(f"{path} is not a readable image ({e.__class__.__name__}): "
+                              f"{why}") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+class UnreadableImage(DataError):
+    """An image file that exists but cannot be decoded (damaged, truncated, unknown format)."""
+
+
+SKIPPED_SHOWN = 5  # names listed when unreadable images are skipped
+
+
 def load_image_folder(root: str | Path, channels: int | None = None,
-                      size: tuple[int, int] | None = None,
-                      max_pixels: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                      size: tuple[int, int] | None = None, max_pixels: int = 0,
+                      skip_bad_files: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """`root/<class>/<image>` -> (uint8 images (N, C, H, W), labels (N,), class names).
 
     All images are converted to the channel count and size of the first one unless
-    `channels` / `size` are given. `max_pixels` caps each image as in load_image."""
+    `channels` / `size` are given. `max_pixels` caps each image as in load_image. An
+    unreadable image is an error, or with `skip_bad_files` is left out, and the count and
+    the first few names are printed."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class subfolders; expected {root}/<class name>/<image>.png")
-    images, labels = [], []
+    images, labels, skipped = [], [], []
     for ci, cname in enumerate(classes):
         files = sorted(p for p in (root / cname).iterdir()
                        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in _IGNORED)
@@ -113,13 +127,25 @@ def load_image_folder(root: str | Path, channels: int | None = None,
                 raise DataError(f"{f} is not an image file (expected one of "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))}); move it out of the "
                                 "image folder")
-            img = load_image(f, channels, size, max_pixels)
+            try:
+                img = load_image(f, channels, size, max_pixels)
+            except UnreadableImage as e:
+                if not skip_bad_files:
+                    raise UnreadableImage(f"{e}, or pass --set skip_bad_files=true to leave "
+                                          "unreadable images out") from None
+                skipped.append(f)
+                continue
             if channels is None:
                 channels = img.shape[0]
             if size is None:
                 size = (img.shape[1], img.shape[2])
             images.append(img)
             labels.append(ci)
+    if skipped:
+        names = ", ".join(str(f.relative_to(root)) for f in skipped[:SKIPPED_SHOWN])
+        more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+        print(f"note: skipped {len(skipped)} unreadable image(s) in {root} (skip_bad_files): "
+              f"{names}{more}", file=sys.stderr)
     if not images:
         raise DataError(f"{root}: the class folders hold no images")
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
@@ -138,7 +164,8 @@ class ImageSplits:
 
 def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
                       test_fraction: float = 0.2, train_limit: int = 0, image_size: int = 0,
-                      channels: int = 0, max_image_pixels: int = 0) -> ImageSplits:
+                      channels: int = 0, max_image_pixels: int = 0,
+                      skip_bad_files: bool = False) -> ImageSplits:
     """A named dataset (fashion-mnist, mnist, digits, cifar10) or a folder `data/<class>/<image>`
     -> train/val/test splits, the same for every recipe that reads images.
 
@@ -151,7 +178,8 @@ def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
         carved out for validation.
     `image_size` (folders) resizes to a square side; `channels` converts a folder's images
     (1 grey, 3 RGB) and must match a named dataset's images; `max_image_pixels` caps a
-    folder's images before decoding (0 = the default, see max_image_pixels)."""
+    folder's images before decoding (0 = the default, see max_image_pixels);
+    `skip_bad_files` leaves a folder's unreadable images out instead of failing."""
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
             raise DataError(f"{name}={value} must be at least 0 and below 1 (a fraction of the images)")
@@ -162,7 +190,8 @@ def load_image_splits(data: str, data_dir: str = "", val_fraction: float = 0.1,
     roots = tuple(str(p) for p in registry.search_roots(data_dir or None))
     train, test, classes, train_missing = _load_source(
         data, data_dir, roots, test_fraction,
-        image_size if is_folder else 0, channels if is_folder else 0, max_image_pixels)
+        image_size if is_folder else 0, channels if is_folder else 0, max_image_pixels,
+        skip_bad_files)
     if channels and train[0].shape[1] != channels:
         raise DataError(f"data={data!r} has {train[0].shape[1]}-channel images but {channels}-channel "
                         f"images are needed here; choose a dataset of {channels}-channel images")
@@ -187,7 +216,8 @@ def _carve_test(x: torch.Tensor, y: torch.Tensor, test_fraction: float):
 
 @functools.lru_cache(maxsize=4)
 def _load_source(data: str, data_dir: str, roots: tuple[str, ...], test_fraction: float,
-                 image_size: int, channels: int, max_pixels: int = 0):
+                 image_size: int, channels: int, max_pixels: int = 0,
+                 skip_bad_files: bool = False):
     """-> (train (x, y), test (x, y), class names, train_missing), before validation carving."""
     if data in ("fashion-mnist", "mnist"):
         return _load_idx(data, data_dir, test_fraction)
@@ -207,7 +237,7 @@ def _load_source(data: str, data_dir: str, roots: tuple[str, ...], test_fraction
     path = Path(data)
     if path.is_dir():
         size = (image_size, image_size) if image_size else None
-        x, y, classes = load_image_folder(path, channels or None, size, max_pixels)
+        x, y, classes = load_image_folder(path, channels or None, size, max_pixels, skip_bad_files)
         train, test = _carve_test(x, y, test_fraction)
         return train, test, classes, False
     raise DataError(

@@ -56,6 +56,19 @@ class SamplingConfig:
         return self
 
 
+def stop_strings(run_cfg: Any, requested: Sequence[str] = ()) -> list[str]:
+    """The one stopping rule of every text generation from a run (the CLI, the server,
+    the samples logged in training): the stop strings asked for, plus the end of a record
+    when the run was trained on records separated by lines of `delimiter` (the model has
+    learnt to write that line after each record, so without it one answer runs on into an
+    unrelated next record)."""
+    stops = [s for s in requested if s]
+    delimiter = getattr(run_cfg, "delimiter", "")
+    if delimiter and f"\n{delimiter}\n" not in stops:
+        stops.append(f"\n{delimiter}\n")
+    return stops
+
+
 # ---------------------------------------------------------------------------------------
 # logits -> next token
 

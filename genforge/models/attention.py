@@ -197,9 +197,12 @@ class KVCache:
         end = self.pos + t
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} requested")
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], None
+        kb, vb = self.k[layer], self.v[layer]
+        # narrow, not [:, :, a:b] indexing: the same views with less dispatch (once per token
+        # and layer)
+        kb.narrow(2, self.pos, t).copy_(k)
+        vb.narrow(2, self.pos, t).copy_(v)
+        return kb.narrow(2, 0, end), vb.narrow(2, 0, end), None
 
     def advance(self, idx: torch.Tensor) -> None:
         """Record tokens idx (B, T) whose keys/values every layer has just stored."""
@@ -254,6 +257,9 @@ class MultiHeadAttention(nn.Module):
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
+        gqa = n_kv_head != n_head
+        self._sdpa_kw = {"enable_gqa": True} if gqa and _SDPA_GQA else {}
+        self._n_rep = n_head // n_kv_head if gqa and not _SDPA_GQA else 1
         self.dropout = dropout
         self.fused = fused
         self.is_cross = d_context is not None
@@ -299,10 +305,13 @@ class MultiHeadAttention(nn.Module):
                     cache.cross[layer] = (k, v)
             causal = False
         else:
-            # one view + transpose, then a split along the heads (views, no copies): a decode
-            # step runs this once per token and layer, where each op's dispatch cost counts
-            qkv = self.qkv(x).view(b, t, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh+2nkv, T, hs)
-            q, k, v = qkv.split([nh, nkv, nkv], dim=1)
+            # views only, in as few ops as the layout allows: a decode step runs this once per
+            # token and layer, where each op's dispatch cost (not arithmetic) counts
+            if nkv == nh:
+                q, k, v = self.qkv(x).view(b, t, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)
+            else:
+                qkv = self.qkv(x).view(b, t, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh+2nkv, T, hs)
+                q, k, v = qkv.split([nh, nkv, nkv], dim=1)
             if self.rotary is not None:
                 if positions is None:
                     positions = cache.positions(t, x.device) if cache is not None \
@@ -314,26 +323,27 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v, valid = cache.append(layer, k, v)  # (B, nkv, Tk, hs)
         tk = k.size(2)
-        pad = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
         written_out = need_weights or not self.fused
-        if causal and valid is None and not (tk == t and pad is None and attn_mask is None
-                                             and not written_out):
-            # t == 1 needs no mask (one query sees every cached key); otherwise bottom-right
-            causal_part = causal_mask(t, tk, x.device) if t > 1 else None
-        else:
-            causal_part = None  # static cache: `valid` already stops at the query's position
-        mask = combine_masks(causal_part, pad, attn_mask, valid)
+        mask = valid  # static cache: the filled slots, which already stop at the query's position
+        if key_padding_mask is not None:
+            mask = combine_masks(mask, key_padding_mask[:, None, None, :])
+        if attn_mask is not None:
+            mask = combine_masks(mask, attn_mask)
+        # causal with nothing else to mask and no cached prefix: SDPA's own (fastest) causal
+        # path; one query after cached keys (t == 1) sees all of them: no mask; otherwise the
+        # bottom-right aligned mask
+        sdpa_causal = causal and valid is None and tk == t and mask is None and not written_out
+        if causal and valid is None and t > 1 and not sdpa_causal:
+            mask = combine_masks(causal_mask(t, tk, x.device), mask)
         p = self.dropout if self.training else 0.0
         if written_out:
             y, w = reference_attention(q, k, v, mask, p, return_weights=True)
         else:
             w = None
-            plain_causal = causal and tk == t and mask is None and valid is None
-            if nkv != nh and not _SDPA_GQA:
-                k, v = repeat_kv(k, nh // nkv), repeat_kv(v, nh // nkv)
-            kw = {"enable_gqa": True} if nkv != nh and _SDPA_GQA else {}
+            if self._n_rep > 1:  # torch < 2.5: SDPA cannot share key/value heads itself
+                k, v = repeat_kv(k, self._n_rep), repeat_kv(v, self._n_rep)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=plain_causal, **kw)
+                                               is_causal=sdpa_causal, **self._sdpa_kw)
         y = self.proj(y.transpose(1, 2).reshape(b, t, nh * hs))  # (B, T, d_model)
         return (y, w) if need_weights else y
 

@@ -39,6 +39,7 @@ class Config(TrainConfig):
     flip: bool = False  # augmentation: random horizontal flip
     image_size: int = 0  # resize images of a folder to this side (0 = keep the first's size)
     max_image_pixels: int = 0  # refuse (before decoding) images with more pixels (0 = 64x the input, at least 4096x4096)
+    skip_bad_files: bool = False  # a folder's unreadable images: leave them out (count and names printed) instead of failing
     batch_size: int = 128
     epochs: float = 5.0
     metric: str = "val_accuracy"
@@ -100,7 +101,8 @@ def _splits(cfg: Config) -> tuple[dict, list[str]]:
     """{train, val, test: (uint8 images (N, C, H, W), labels)} and class names, by the one
     image loader every image recipe shares (genforge.data.images.load_image_splits)."""
     d = load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
-                          cfg.train_limit, cfg.image_size, cfg.channels, cfg.max_image_pixels)
+                          cfg.train_limit, cfg.image_size, cfg.channels, cfg.max_image_pixels,
+                          skip_bad_files=cfg.skip_bad_files)
     return d.splits, d.classes
 
 

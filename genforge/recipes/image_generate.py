@@ -28,6 +28,7 @@ import torch
 from genforge.config import ConfigError, TrainConfig
 from genforge.data.batching import SPLIT_SEED, ShuffledBatches, sequential_batches
 from genforge.data.images import load_image_splits
+from genforge.generate import labels as labels_lib
 from genforge.generate.images import save_grid
 from genforge.models.diffusion import Diffusion, DiffusionConfig
 from genforge.models.gan import GAN, GANConfig
@@ -60,6 +61,7 @@ class Config(TrainConfig):
     test_fraction: float = 0.2  # carved as test from data without a test split (folders, offline MNIST)
     train_limit: int = 0  # use only the first N training images (0 = all)
     image_size: int = 0  # resize a folder's images to this side (0 = keep the first's size)
+    skip_bad_files: bool = False  # a folder's unreadable images: leave them out (count and names printed) instead of failing
     batch_size: int = 128
     epochs: float = 10.0
     # quality metrics at evaluation (FID etc. need a genforge image-classify run on the same data)
@@ -115,7 +117,8 @@ def splits(cfg: Config) -> tuple[dict, list[str]]:
     """{train, val, test: (uint8 images, labels)} and class names, by the one image loader
     every image recipe shares (genforge.data.images.load_image_splits)."""
     d = load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
-                          cfg.train_limit, cfg.image_size, cfg.channels)
+                          cfg.train_limit, cfg.image_size, cfg.channels,
+                          skip_bad_files=cfg.skip_bad_files)
     return d.splits, d.classes
 
 
@@ -227,21 +230,9 @@ def gan_update(model, batch, opts: dict, cfg: Config) -> dict:
 
 
 def parse_label(cfg: Config, label) -> int:
-    """A class name (case-insensitive) or index -> class index."""
-    if isinstance(label, int):
-        idx = label
-    else:
-        names = [c.lower() for c in cfg.classes]
-        text = str(label).strip().lower()
-        if text in names:
-            idx = names.index(text)
-        elif text.lstrip("-").isdigit():
-            idx = int(text)
-        else:
-            raise ConfigError(f"unknown label {label!r}; classes: {', '.join(cfg.classes)}")
-    if not 0 <= idx < len(cfg.classes):
-        raise ConfigError(f"label index {idx} is out of range 0..{len(cfg.classes) - 1}")
-    return idx
+    """A class name (case-insensitive) or, when no name matches, an index -> class index
+    (the one parser of genforge.generate.labels, shared with the server)."""
+    return labels_lib.parse_label(cfg.classes, label)
 
 
 @torch.no_grad()
@@ -301,6 +292,8 @@ def cli_generate(model, cfg: Config, run_dir, n: int = 64, label=None, guidance:
     if unused:
         raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in unused)} do not "
                          "apply to image generation; use --n, --label, --guidance, --steps, --seed, --out")
+    if label is not None and cfg.conditional:  # say which class an index picked
+        print(labels_lib.label_used(cfg.classes, label, parse_label(cfg, label)))
     t0 = time.perf_counter()
     images = sample(model, cfg, n=n, label=label, guidance=guidance, steps=steps, seed=seed)
     dt = time.perf_counter() - t0

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from genforge.config import ConfigError, TrainConfig
 from genforge.data import text as T
 from genforge.data.tokenizers import load_tokenizer, train_tokenizer
-from genforge.generate.sampling import SamplingConfig, generate_text, stream_text
+from genforge.generate.sampling import SamplingConfig, generate_text, stop_strings, stream_text
 from genforge.models.llama import Llama, LlamaConfig
 from genforge.models.rnn import RNNLM, RNNConfig
 from genforge.models.transformer import GPT, GPTConfig
@@ -53,6 +53,9 @@ class Config(TrainConfig):
     data_dir: str = ""  # extra folder searched first for named datasets
     delimiter: str = ""  # records separated by lines holding only this (e.g. "%")
     val_fraction: float = 0.1  # the tail of the text held out for validation
+    # held out for `eval --split test`: the text (records) just before the validation tail,
+    # seen by neither training nor the choice of best.safetensors; 0 = no test split
+    test_fraction: float = 0.05
     # char | bpe (byte-level BPE, any Unicode) | pretrained (the run's own tokenizer.json,
     # e.g. written by `genforge import`)
     tokenizer: str = "char"
@@ -122,12 +125,25 @@ TEST_CONFIGS = {
 
 
 def _key(cfg: Config) -> tuple:
-    return (cfg.data, cfg.data_dir, cfg.delimiter, cfg.val_fraction)
+    return (cfg.data, cfg.data_dir, cfg.delimiter, cfg.val_fraction, cfg.test_fraction)
 
 
 @functools.lru_cache(maxsize=4)
-def _corpus(data: str, data_dir: str, delimiter: str, val_fraction: float) -> T.Corpus:
-    return T.load_corpus(data, data_dir or None, delimiter, val_fraction)
+def _corpus(data: str, data_dir: str, delimiter: str, val_fraction: float,
+            test_fraction: float) -> dict[str, str]:
+    """{train, val, test} texts: val is the last `val_fraction` (the same tail as without a
+    test split, so validation figures keep their meaning) and test the `test_fraction` just
+    before it; both cut at record boundaries when there are records."""
+    if not 0 <= test_fraction < 1 - val_fraction:
+        raise ConfigError(f"test_fraction={test_fraction} must be in [0, {1 - val_fraction:g}) "
+                          f"with val_fraction={val_fraction}")
+    tail = T.load_corpus(data, data_dir or None, delimiter, val_fraction)
+    if test_fraction == 0:
+        return {"train": tail.train, "val": tail.val, "test": ""}
+    held = T.load_corpus(data, data_dir or None, delimiter, val_fraction + test_fraction)
+    # the validation tail is a suffix of the longer held-out tail: the rest of it is the test text
+    test = held.val[: len(held.val) - len(tail.val)]
+    return {"train": held.train, "val": tail.val, "test": test}
 
 
 # tokenizers by (data key, kind, vocab): set by `build` (trained, or read from the run)
@@ -153,7 +169,8 @@ def tokenizer(cfg: Config, run_dir=None):
                           + "; import a model with `genforge import SOURCE --out RUN`")
     else:
         corpus = _corpus(*_key(cfg))
-        source = corpus.train + corpus.val if cfg.tokenizer == "char" else corpus.train
+        source = (corpus["train"] + corpus["test"] + corpus["val"] if cfg.tokenizer == "char"
+                  else corpus["train"])
         tok = train_tokenizer(cfg.tokenizer, source, cfg.bpe_vocab)
     _TOKENIZERS[key] = tok
     if path is not None and not path.is_file():
@@ -164,18 +181,20 @@ def tokenizer(cfg: Config, run_dir=None):
 
 @functools.lru_cache(maxsize=8)
 def _encoded(tok, key: tuple, split: str) -> torch.Tensor:
-    corpus = _corpus(*key)
-    text = corpus.train if split == "train" else corpus.val
-    return T.to_tensor(tok.encode(text), tok.vocab_size)
+    return T.to_tensor(tok.encode(_corpus(*key)[split]), tok.vocab_size)
 
 
 def tokens(cfg: Config, split: str) -> torch.Tensor:
     """The split as one token tensor (int16/int32)."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; use train or val (the tail of the text)")
-    tok = tokenizer(cfg)
-    # no separate test text: "test" is the held-out tail too
-    return _encoded(tok, _key(cfg), "train" if split == "train" else "val")
+        raise ValueError(f"unknown split {split!r}; use train, val or test")
+    if split == "test" and not _corpus(*_key(cfg))["test"]:
+        why = ("test_fraction=0" if cfg.test_fraction == 0 else
+               "the text has too few records to hold one out before the validation tail")
+        raise ConfigError(f"this run has no test split ({why}): its validation tail chose "
+                          "best.safetensors; evaluate with --split val, or train with "
+                          "test_fraction > 0")
+    return _encoded(tokenizer(cfg), _key(cfg), split)
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,8 +273,6 @@ def _unit_lengths(tok) -> torch.Tensor:
 
 def _sampling(cfg: Config, **opts) -> SamplingConfig:
     sc = SamplingConfig()
-    if cfg.delimiter:  # one record at a time
-        sc.stop = [f"\n{cfg.delimiter}\n"]
     for k, v in opts.items():
         if k not in SamplingConfig.__dataclass_fields__:
             raise ValueError(f"unknown generation option {k!r}; options: "
@@ -265,6 +282,7 @@ def _sampling(cfg: Config, **opts) -> SamplingConfig:
         if k == "stop":  # one string or several
             v = [v] if isinstance(v, str) else list(v)
         setattr(sc, k, v)
+    sc.stop = stop_strings(cfg, sc.stop)  # one record at a time, as the server does
     return sc.check()
 
 

@@ -36,6 +36,7 @@ class Config(TrainConfig):
     val_fraction: float = 0.1  # carved from train with a fixed seed
     test_fraction: float = 0.2  # carved as test from data without a test split (offline MNIST, folders)
     train_limit: int = 0  # use only the first N training images (0 = all)
+    skip_bad_files: bool = False  # a folder's unreadable images: leave them out (count and names printed) instead of failing
     batch_size: int = 128
     epochs: float = 8.0
     lr: float = 2e-3
@@ -72,7 +73,7 @@ TEST_CONFIGS = {
 def _load(cfg: Config):
     """The one image loader every image recipe shares (genforge.data.images), in grey."""
     return load_image_splits(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.test_fraction,
-                             cfg.train_limit, channels=1)
+                             cfg.train_limit, channels=1, skip_bad_files=cfg.skip_bad_files)
 
 
 def _splits(cfg: Config) -> dict:

@@ -4,8 +4,11 @@ Encoders: bag of embeddings, sentence CNN, BiRNN, self-attentive pooling, Transf
 
 The vocabulary (word-level, or byte-level BPE) is built on the training rows only and saved in
 the run as `vocab.json` / `tokenizer.json`; `config.json` holds its size and the class names,
-so a run rebuilds with no data present. Validation is a seeded 90/10 split, or fold `fold` of
-a seeded `n_folds`-fold cross-validation (`--set fold=3`); `bench/bench_text.py` runs all folds.
+so a run rebuilds with no data present. Splits (seeded by `split_seed`): validation is the last
+10% of one permutation of the rows and test the 10% before it, so neither training nor the
+choice of `best.safetensors` sees the test rows (80/10/10); or, with `--set fold=3`, fold 3 of a
+seeded `n_folds`-fold cross-validation validates and there is no test split (the fold is the
+held-out estimate, as Kim 2014 reports it); `bench/bench_text.py` runs the folds.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genforge.config import TrainConfig
+from genforge.config import ConfigError, TrainConfig
 from genforge.data.batching import ShuffledBatches, sequential_batches
 from genforge.data.tabular_text import load_labelled_text, split_indices
 from genforge.data.vocab import BPEVocab, Vocab
@@ -48,6 +51,9 @@ class Config(TrainConfig):
     bpe_vocab: int = 4000  # BPE vocabulary size
     max_len: int = 100  # tokens per text (longer texts are truncated)
     val_fraction: float = 0.1  # fixed seeded split when fold < 0
+    # held out for `eval --split test` when fold < 0, carved from the rows before validation
+    # (the validation rows stay those of the 90/10 split); 0 = no test split
+    test_fraction: float = 0.1
     fold: int = -1  # >= 0: validate on this fold of an n_folds cross-validation
     n_folds: int = 10
     split_seed: int = 0  # the split is independent of the training seed
@@ -106,15 +112,34 @@ def _split_rows(cfg: Config) -> dict[str, torch.Tensor]:
     ds = _dataset(cfg.data, cfg.text_column, cfg.label_column, cfg.data_dir)
     train, val = split_indices(len(ds.texts), cfg.split_seed, cfg.val_fraction, cfg.fold,
                                cfg.n_folds)
-    if cfg.train_limit:
-        train = train[: cfg.train_limit]
-    # No official test split: "test" is the held-out fold / 10%, like the literature reports.
-    return {"train": train, "val": val, "test": val}
+    rows = {"val": val}
+    if cfg.fold < 0 and cfg.test_fraction > 0:
+        # rt-polarity has no official test split: carve one that neither training nor the
+        # checkpoint selection (on val) sees
+        if not 0 < cfg.test_fraction < 1 - cfg.val_fraction:
+            raise ConfigError(f"test_fraction={cfg.test_fraction} must be in [0, "
+                              f"{1 - cfg.val_fraction:g}) with val_fraction={cfg.val_fraction}")
+        n_test = max(1, int(round(len(ds.texts) * cfg.test_fraction)))
+        if n_test >= len(train):
+            raise ConfigError(f"test_fraction={cfg.test_fraction} leaves no training rows "
+                              f"({len(ds.texts)} rows); lower it")
+        train, rows["test"] = train[:-n_test], train[-n_test:]
+    rows["train"] = train[: cfg.train_limit] if cfg.train_limit else train
+    return rows
+
+
+def _no_test_split(cfg: Config) -> str:
+    if cfg.fold >= 0:
+        return (f"a cross-validation run (fold={cfg.fold}) has no test split: fold {cfg.fold} is its "
+                "held-out estimate and it also chose best.safetensors; evaluate with --split val, "
+                "or train with fold=-1 for a held-out test split")
+    return ("this run has no test split (test_fraction=0): its validation rows chose "
+            "best.safetensors; evaluate with --split val, or train with test_fraction > 0")
 
 
 def _vocab_key(cfg: Config) -> tuple:
     return (cfg.data, cfg.text_column, cfg.label_column, cfg.data_dir, cfg.split_seed,
-            cfg.val_fraction, cfg.fold, cfg.n_folds, cfg.train_limit, cfg.tokenizer,
+            cfg.val_fraction, cfg.test_fraction, cfg.fold, cfg.n_folds, cfg.train_limit, cfg.tokenizer,
             cfg.min_freq, cfg.max_vocab, cfg.bpe_vocab)
 
 
@@ -161,6 +186,8 @@ def _trim(tokens: torch.Tensor) -> torch.Tensor:
 def _split_tensors(cfg: Config, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     ds = _dataset(cfg.data, cfg.text_column, cfg.label_column, cfg.data_dir)
     rows = _split_rows(cfg)
+    if split == "test" and "test" not in rows:
+        raise ConfigError(_no_test_split(cfg))
     if split not in rows:
         raise ValueError(f"unknown split {split!r}; use train, val or test")
     idx = rows[split].tolist()

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from genforge.generate.sampling import SamplingConfig, stream_text
+from genforge.generate.sampling import SamplingConfig, stop_strings, stream_text
 from genforge.serve import openai_format as fmt
 from genforge.serve.chat import load_chat_template
 from genforge.serve.engine import Limits, ServedModel
@@ -58,7 +58,8 @@ def _stops(stop: StopField) -> list[str]:
     return [s for s in stops if s]
 
 
-def _sampling(req: SamplingParams, max_tokens: int, lim: Limits, extra_stops=()) -> SamplingConfig:
+def _sampling(m: ServedModel, req: SamplingParams, max_tokens: int, lim: Limits,
+              extra_stops=()) -> SamplingConfig:
     unsupported(bool(req.presence_penalty) or bool(req.frequency_penalty), "presence_penalty",
                 "presence/frequency penalties are not supported; use repetition_penalty (> 1 "
                 "discourages repeats)")
@@ -73,7 +74,7 @@ def _sampling(req: SamplingParams, max_tokens: int, lim: Limits, extra_stops=())
                           top_p=1.0 if req.top_p is None else req.top_p,
                           top_k=req.top_k or 0,
                           repetition_penalty=req.repetition_penalty or 1.0,
-                          stop=_stops(req.stop) + list(extra_stops),
+                          stop=stop_strings(m.cfg, _stops(req.stop) + list(extra_stops)),
                           seed=req.seed)
 
 
@@ -106,7 +107,7 @@ async def completions(req: CompletionRequest, request: Request):
     prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
     if not prompts:
         raise APIError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
-    sc = _sampling(req, 16 if req.max_tokens is None else req.max_tokens, lim)
+    sc = _sampling(m, req, 16 if req.max_tokens is None else req.max_tokens, lim)
     if len(prompts) * req.n > lim.max_n:
         raise APIError(400, f"n: {len(prompts)} prompts x n={req.n} choices exceeds the limit "
                        f"of {lim.max_n} per request", param="n")
@@ -135,7 +136,7 @@ async def chat(req: ChatRequest, request: Request):
     ids = encode(m, prompt, "messages")
     _check_prompt(m, ids, lim, "messages")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    sc = _sampling(req, lim.chat_max_tokens if max_tokens is None else max_tokens, lim,
+    sc = _sampling(m, req, lim.chat_max_tokens if max_tokens is None else max_tokens, lim,
                    extra_stops=m.chat_template.stop)
     seeds = _seeds(req.seed, req.n)
     stats = [dict() for _ in seeds]
