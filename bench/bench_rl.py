@@ -4,6 +4,7 @@ stable-baselines3's DQN with the rl-baselines3-zoo CartPole-v1 hyperparameters.
 
     python bench/bench_rl.py                       # all three, seed 0
     python bench/bench_rl.py --seeds 0,1,2 --only genforge-dqn,sb3-dqn
+    python bench/bench_rl.py --seeds 0,1,2 --only genforge-a2c --to-end   # best and last policy
 
 Every agent is evaluated with the same code (genforge.recipes.reinforce.run_episodes: the
 same 100 episode seeds, deterministic actions) every `--eval-every` env steps; evaluation
@@ -44,8 +45,14 @@ def _evaluator(cfg, episodes: int):
     return evaluate
 
 
-def run_genforge(preset: str, seed: int, budget: int, eval_every: int, episodes: int) -> dict:
+def run_genforge(preset: str, seed: int, budget: int, eval_every: int, episodes: int,
+                 to_end: bool = False) -> dict:
+    """Train until the greedy policy solves the task, or with `to_end` for the preset's whole
+    budget (its max_steps) and also report the best evaluation and the final policy's return
+    (what the run's last.safetensors holds), as the trainer applies the preset's LR schedule."""
     cfg = C.make_config(rl, {**rl.PRESETS[preset][0], "seed": seed})
+    if to_end:
+        return _run_to_end(cfg, eval_every, episodes)
     evaluate = _evaluator(cfg, episodes)
     torch.manual_seed(seed)
     model = rl.build(cfg)
@@ -69,6 +76,35 @@ def run_genforge(preset: str, seed: int, budget: int, eval_every: int, episodes:
                 return {"solved_at": env_steps, "train_s": train_s, "curve": curve}
         if env_steps >= budget:
             return {"solved_at": None, "train_s": train_s, "curve": curve}
+
+
+def _run_to_end(cfg, eval_every: int, episodes: int) -> dict:
+    from genforge.train.optim import make_scheduler
+
+    evaluate = _evaluator(cfg, episodes)
+    torch.manual_seed(cfg.seed)
+    model = rl.build(cfg)
+    opts = rl.optimizers(model, cfg)
+    scheds = [make_scheduler(o, cfg, cfg.max_steps) for o in opts.values()]
+    stream = rl.batches(cfg, "train", 0, model=model)
+    policy = rl.greedy_policy(model)
+    train_s, next_eval, curve, solved = 0.0, eval_every, [], None
+    for step in range(cfg.max_steps):
+        t0 = time.perf_counter()
+        rl.update(model, next(stream), opts, step, cfg)
+        for s in scheds:
+            s.step()
+        train_s += time.perf_counter() - t0
+        if model.collector.env_steps >= next_eval or step == cfg.max_steps - 1:
+            next_eval += eval_every
+            model.eval()
+            ret = evaluate(policy)
+            model.train()
+            curve.append((model.collector.env_steps, ret))
+            if ret >= THRESHOLD and solved is None:
+                solved = model.collector.env_steps
+    return {"solved_at": solved, "train_s": train_s, "curve": curve,
+            "best": max(r for _, r in curve), "last": curve[-1][1]}
 
 
 def run_sb3_dqn(seed: int, budget: int, eval_every: int, episodes: int) -> dict:
@@ -112,6 +148,9 @@ AGENTS = {
 }
 
 
+PRESET_OF = {"genforge-dqn": "dqn-cartpole", "genforge-a2c": "a2c-cartpole"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -120,6 +159,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=2000, help="env steps between evaluations")
     ap.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (all agents)")
+    ap.add_argument("--to-end", action="store_true", help="genforge agents: train the preset's "
+                    "whole budget and print the best evaluation and the final policy's return")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -141,10 +182,15 @@ def main() -> None:
             continue
         budget = args.budget if "dqn" in key else int(args.budget * 1.5)
         for seed in seeds:
-            r = fn(seed, budget, args.eval_every, args.episodes)
+            if args.to_end and key in PRESET_OF:
+                r = run_genforge(PRESET_OF[key], seed, budget, args.eval_every, args.episodes, to_end=True)
+            else:
+                r = fn(seed, budget, args.eval_every, args.episodes)
             rows.setdefault(key, []).append(r)
             solved = f"{r['solved_at']}" if r["solved_at"] else f">{budget}"
             tail = " ".join(f"{s // 1000}k:{v:.0f}" for s, v in r["curve"][-4:])
+            if "last" in r:
+                tail = f"best {r['best']:.1f}  last {r['last']:.1f}  ({tail})"
             print(f"{name:<30} {seed:>4} {solved:>17} {target:>7} {r['train_s']:>17.1f}  {tail}", flush=True)
     print("\n# summary (median over seeds; unsolved runs count as the budget)")
     for key, rs in rows.items():
