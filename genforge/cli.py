@@ -288,6 +288,84 @@ def generate(
     recipe.cli_generate(model, cfg, run, **{k: v for k, v in opts.items() if v is not None})
 
 
+CHAT_HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message; " \
+            "/system alone clears it), /exit (or Ctrl-D)"
+
+
+@app.command()
+def chat(
+    run: Path = typer.Argument(..., help="run directory of a language model (trained or imported)"),
+    system: Optional[str] = typer.Option(None, "--system", help="system message"),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="most new tokens per answer"),
+    temperature: float = typer.Option(0.8, help="sampling temperature (0 = greedy)"),
+    top_k: int = typer.Option(0, "--top-k", help="sample from the k most likely tokens (0 = all)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
+    seed: Optional[int] = typer.Option(None, help="random seed (turn k uses seed + k)"),
+    checkpoint: str = typer.Option("best", help="best or last"),
+) -> None:
+    """Chat with a language model: answers stream as they are written, the conversation is
+    kept across turns. An imported model talks through its own chat template. Reads one
+    message per line from stdin when it is not a terminal (answers are printed)."""
+    from genforge.generate.chat import ChatSession, load_chat_template
+    from genforge.generate.sampling import SamplingConfig
+    from genforge.train.checkpoint import load_run
+
+    recipe, cfg, model = load_run(run, checkpoint)
+    if getattr(recipe, "TASK", None) != "text-generation":
+        raise typer.BadParameter(f"{run} is not a language model ({recipe.__name__.rsplit('.', 1)[-1]} run)")
+    tokenizer = recipe.tokenizer(cfg, run)
+    sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, seed=seed)
+    try:
+        sampling.check_model(model)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    def note(text: str) -> None:  # on stderr: notes never mix with the answers on stdout
+        typer.echo(text, err=True)
+
+    session = ChatSession(model, tokenizer, load_chat_template(run, tokenizer), sampling,
+                          system=system, on_note=note)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        note(f"chatting with {run} ({CHAT_HELP})")
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            typer.echo("")
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command, _, arg = text.partition(" ")
+            if command == "/exit":
+                break
+            if command == "/reset":
+                session.reset()
+                note("(conversation cleared)")
+            elif command == "/system":
+                session.system = arg.strip() or None
+                note(f"(system message {'set' if session.system else 'cleared'})")
+            else:
+                note(f"unknown command {command}; {CHAT_HELP}")
+            continue
+        try:
+            for piece in session.reply(line):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except ValueError as e:  # ContextFull, a character a char vocabulary never saw, a
+            note(f"error: {e}")  # template's refusal: this message is not sent, the chat goes on
+            continue
+        except KeyboardInterrupt:
+            note("\n(answer stopped)")
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
 @app.command()
 def serve(
     runs: List[Path] = typer.Argument(..., help="run directories to serve (model id = folder name)"),

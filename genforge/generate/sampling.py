@@ -27,6 +27,9 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus: smallest set with probability >= top_p (Holtzman et al. 2020)
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL, Keskar et al. 2019)
     stop: list[str] = field(default_factory=list)  # stop at (and drop) the first of these strings
+    # stop at (and drop) any of these tokens: a pretrained model's end-of-turn / end-of-text
+    # tokens, which decode to no text, so no stop string can see them
+    stop_ids: list[int] = field(default_factory=list)
     seed: int | None = None
     # decoder Transformers (GPT, Llama): run each one-token decode step through torch.compile
     # (needs a C++ compiler on CPU; the first call compiles for seconds, then each token costs
@@ -223,30 +226,37 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return best
 
 
-def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
+def stream_text(model: Any, tokenizer: Tokenizer, prompt: str | Sequence[int] = "",
                 cfg: SamplingConfig | None = None, stats: dict | None = None,
                 **overrides: Any) -> Iterator[str]:
-    """Yield the continuation of `prompt` piece by piece as it is generated (batch of one).
+    """Yield the continuation of `prompt` (text, or token ids already encoded, e.g. by a chat
+    template) piece by piece as it is generated (batch of one).
 
     Decoding covers every token since the last point where all text so far had been shown
     (so a byte-level token that splits a UTF-8 character is shown only once the character is
     complete, and a partial stop string is held back), not the whole continuation: the
     per-token cost stays flat however long the stream. A stop string ends the stream and is
-    not yielded. `stats`, when given, is kept up to date with
+    not yielded; so does a token of `stop_ids`. `stats`, when given, is kept up to date with
     `completion_tokens` (tokens sampled so far) and, once the stream ends, `finish_reason`:
-    "stop" (a stop string) or "length" (max_new_tokens)."""
+    "stop" (a stop string or token) or "length" (max_new_tokens)."""
     cfg = SamplingConfig(**{**(vars(cfg) if cfg else {}), **overrides})
     stats = {} if stats is None else stats
     stats["completion_tokens"] = 0
     stops = [s for s in cfg.stop if s]
-    ids = torch.tensor([_prompt_ids(tokenizer, prompt)], dtype=torch.long)
+    stop_ids = set(cfg.stop_ids)
+    ids = torch.tensor([_prompt_ids(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)],
+                       dtype=torch.long)
     generated: list[int] = []
+    stopped = False  # by a token of stop_ids
     base = 0  # tokens before this were decoded and shown in full (nothing held back)
     shown = 0  # characters of decode(generated[base:]) already yielded
     text = ""
     for tok in sample_tokens(model, ids, cfg):
+        stats["completion_tokens"] = len(generated) + 1
+        if int(tok[0]) in stop_ids:
+            stopped = True
+            break
         generated.append(int(tok[0]))
-        stats["completion_tokens"] = len(generated)
         text = tokenizer.decode(generated[base:])
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
             continue
@@ -263,7 +273,7 @@ def stream_text(model: Any, tokenizer: Tokenizer, prompt: str = "",
         if shown == len(text):  # all shown: no stop string can straddle this point
             base, shown, text = len(generated), 0, ""
     cut = _first_stop(text, stops, shown)
-    stats["finish_reason"] = "stop" if cut >= 0 else "length"
+    stats["finish_reason"] = "stop" if cut >= 0 or stopped else "length"
     end = cut if cut >= 0 else len(text)
     if end > shown:
         yield text[shown:end]

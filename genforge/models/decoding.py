@@ -22,6 +22,9 @@ import torch
 
 from genforge.models.attention import KVCache
 
+# smallest cache `new_state` allocates: below this, growing costs more than the memory saved
+MIN_CACHE_LEN = 64
+
 
 class CausalDecoder:
     """Mixin for `nn.Module` decoder LMs: KV-cached, optionally compiled, generation."""
@@ -33,16 +36,43 @@ class CausalDecoder:
         raise NotImplementedError(f"{type(self).__name__} must define cache_spec() -> "
                                   "(n_layer, n_kv_head, head_dim) to use CausalDecoder")
 
-    def new_state(self, batch: int = 1) -> KVCache:
-        """An empty cache of `context_size` positions, on the model's device and dtype."""
+    def new_state(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype, for `max_len` positions rounded up
+        to a power of two (at least MIN_CACHE_LEN) and capped at `context_size`; None: the
+        whole context.
+
+        A cache sized to what a generation needs, not to the context: a pretrained model's
+        context is long (SmolLM2: 8,192 positions = ~377 MB per batch row in fp32), most
+        generations use a few hundred. Rounding keeps the number of distinct cache shapes,
+        hence of compiled decode graphs, to a handful."""
         n_layer, n_kv_head, head_dim = self.cache_spec()
         p = next(p for p in self.parameters() if p.is_floating_point())
-        return KVCache(n_layer, batch, n_kv_head, self.context_size, head_dim, p.device, p.dtype)
+        return KVCache(n_layer, batch, n_kv_head, self._cache_len(max_len), head_dim,
+                       p.device, p.dtype)
+
+    def _cache_len(self, needed: int | None) -> int:
+        ctx = self.context_size
+        if needed is None or needed >= ctx:
+            return ctx
+        return min(ctx, max(MIN_CACHE_LEN, 1 << (max(needed, 1) - 1).bit_length()))
+
+    def _grown(self, state: KVCache, needed: int) -> KVCache:
+        """A copy of `state` with room for `needed` positions (doubling at least: appending
+        token by token then costs O(1) copies per token, amortized)."""
+        bigger = self.new_state(state.batch, max(needed, 2 * state.max_len))
+        for old, new in zip(state.k + state.v, bigger.k + bigger.v):
+            new[:, :, :state.pos] = old[:, :, :state.pos]
+        bigger.pos, bigger.tokens, bigger.cross = state.pos, state.tokens, state.cross
+        return bigger
 
     @torch.no_grad()
     def step(self, idx: torch.Tensor, state: KVCache | None = None,
              compiled: bool = False) -> tuple[torch.Tensor, KVCache]:
         """Feed new tokens idx (B, T); return logits of the last one (B, vocab) and the cache.
+
+        Without a `state`, the cache starts at the prompt's size (rounded up) and doubles
+        when full, up to the context (`new_state(batch, max_len)` preallocates instead, for a
+        caller that knows the length it needs).
 
         When the context is full the cache is rebuilt from the last half of the context
         (positions are absolute, so old keys cannot simply be shifted); this costs one
@@ -53,13 +83,15 @@ class CausalDecoder:
         shape; the first call takes seconds). Prompts (T > 1) always run eagerly."""
         ctx = self.context_size
         if state is None:
-            state = self.new_state(idx.size(0))
+            state = self.new_state(idx.size(0), idx.size(1))
         if state.pos + idx.size(1) > ctx:
             keep = max(ctx // 2 - idx.size(1), 0)
             tail = torch.cat([state.tokens, idx], dim=1)[:, -(keep + idx.size(1)):]
             tail = tail[:, -ctx:]
-            state = self.new_state(idx.size(0))
+            state = self.new_state(idx.size(0))  # a generation this long fills the context
             idx = tail
+        elif state.pos + idx.size(1) > state.max_len:
+            state = self._grown(state, state.pos + idx.size(1))
         if compiled and idx.size(1) == 1 and not self.training:
             from torch._dynamo.exc import FailOnRecompileLimitHit
 
@@ -92,4 +124,4 @@ def compiled_decode_one():
     return torch.compile(CausalDecoder._decode_one, dynamic=False, fullgraph=True)
 
 
-__all__ = ["CausalDecoder", "compiled_decode_one"]
+__all__ = ["CausalDecoder", "MIN_CACHE_LEN", "compiled_decode_one"]

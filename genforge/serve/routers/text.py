@@ -29,7 +29,7 @@ router = APIRouter()
 
 def prepare(m: ServedModel, run_dir: Path) -> None:
     m.tokenizer = m.recipe.tokenizer(m.cfg, run_dir)
-    m.chat_template = load_chat_template(run_dir)
+    m.chat_template = load_chat_template(run_dir, m.tokenizer)
 
 
 def prompt_limit(m: ServedModel, lim: Limits) -> int:
@@ -92,7 +92,7 @@ def _seeds(seed: int | None, k: int) -> list[int]:
     return [(base + i) % (2 ** 63) for i in range(k)]
 
 
-def _text_job(m: ServedModel, prompt: str, sc: SamplingConfig, seed: int, stats: dict):
+def _text_job(m: ServedModel, prompt: str | list[int], sc: SamplingConfig, seed: int, stats: dict):
     return stream_text(m.model, m.tokenizer, prompt, SamplingConfig(**{**vars(sc), "seed": seed}),
                        stats=stats)
 
@@ -128,19 +128,22 @@ async def completions(req: CompletionRequest, request: Request):
 async def chat(req: ChatRequest, request: Request):
     m, lim = served_model(request, req.model, "text-generation"), limits(request)
     unsupported(bool(req.logprobs) or bool(req.top_logprobs), "logprobs", "not supported")
-    turns = []
+    messages = []
     for msg in req.messages:
         text = msg.content if isinstance(msg.content, str) else "".join(p.text for p in msg.content)
-        turns.append((msg.role, text))
-    prompt = m.chat_template.render(turns)
-    ids = encode(m, prompt, "messages")
+        messages.append({"role": msg.role, "content": text})
+    try:  # the run's chat template (genforge.generate.chat): the model's own, or plain text
+        ids = m.chat_template.prompt_ids(messages, m.tokenizer)
+    except ValueError as e:  # a character a char vocabulary never saw; a template's refusal
+        raise APIError(400, f"messages: {e}", param="messages") from None
     _check_prompt(m, ids, lim, "messages")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     sc = _sampling(m, req, lim.chat_max_tokens if max_tokens is None else max_tokens, lim,
                    extra_stops=m.chat_template.stop)
+    sc.stop_ids = list(m.chat_template.stop_ids)  # end-of-turn tokens: the reply ends there
     seeds = _seeds(req.seed, req.n)
     stats = [dict() for _ in seeds]
-    jobs = [(k, _text_job(m, prompt, sc, seeds[k], stats[k])) for k in range(req.n)]
+    jobs = [(k, _text_job(m, ids, sc, seeds[k], stats[k])) for k in range(req.n)]
     return await _text_response(request, req, m, jobs, stats, len(ids), chat=True)
 
 
