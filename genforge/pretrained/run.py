@@ -49,12 +49,16 @@ def import_run(source: str | Path, out: str | Path, dtype: str = "float32",
     from genforge.recipes import get_recipe
     from genforge.train.checkpoint import save_config, save_weights
 
+    from genforge.pretrained import bert
+
     if dtype not in DTYPES:
         raise PretrainedError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PretrainedError(f"{out} already exists and is not empty; choose another --out "
-                              "(nothing was overwritten)")
+    check_out(out)
+    if str(source) in bert.PACKAGED:
+        source = bert.packaged_folder(str(source))
+    if Path(source).is_dir() and bert.is_bert_folder(Path(source)):
+        return bert.import_bert(source, out, DTYPES[dtype], log)
     cfg, state, tok_json, tok_config = load_source(source)
     model = build_llama(cfg, state).to(DTYPES[dtype])
     n_params = sum(p.numel() for p in model.parameters())
@@ -65,18 +69,35 @@ def import_run(source: str | Path, out: str | Path, dtype: str = "float32",
     recipe = get_recipe("language-model")
     run_cfg = C.make_config(recipe, {"model": "llama", "tokenizer": "pretrained"})
     run_cfg.model_cfg = cfg
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.importing-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the run private, unlike trained runs
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n",
                                                    encoding="utf-8")
         save_weights(model, tmp / "model.safetensors")
         (tmp / "source.json").write_text(json.dumps({"source": str(source), "dtype": dtype}) + "\n")
         save_config(tmp, "language-model", run_cfg)  # last: a folder with config.json is a run
+
+    return write_run(out, write)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PretrainedError(f"{out} already exists and is not empty; choose another --out "
+                              "(nothing was overwritten)")
+
+
+def write_run(out: Path, write) -> Path:
+    """`write(tmp)` fills a hidden temporary folder beside `out`, which is then renamed to
+    `out` (empty or absent): a failed import leaves nothing behind."""
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.importing-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the run private, unlike trained runs
+    try:
+        write(tmp)
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

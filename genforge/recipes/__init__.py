@@ -17,6 +17,7 @@ RECIPES: dict[str, str] = {
     "language-model": "genforge.recipes.language_model",
     "text-classify": "genforge.recipes.text_classify",
     "sequence-classify": "genforge.recipes.sequence_classify",
+    "text-embed": "genforge.recipes.text_embed",
 }
 
 

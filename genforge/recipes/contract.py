@@ -31,6 +31,7 @@ TASK_HOOKS: dict[str, tuple[str, ...]] = {
     "image-generation": ("parse_label", "sample"),
     "image-classification": ("classify",),
     "text-classification": ("classify",),
+    "embedding": ("embed",),
 }
 # keywords the server passes to `sample` of an image-generation recipe
 IMAGE_SAMPLE_KEYWORDS = ("n", "label", "guidance", "steps", "seed")
@@ -95,6 +96,9 @@ HOOKS: dict[str, Hook] = {
                    "accepts n, label, guidance, steps, seed", ("model", "cfg"), var_keywords=True),
     "classify": Hook("function", OPTIONAL, "`genforge serve`",
                      "one {label, probability, top} per input, in order", ("model", "cfg", "inputs"), ("top",)),
+    "embed": Hook("function", OPTIONAL, "`genforge embed`, `genforge serve` (/v1/embeddings)",
+                  "{'vectors': (N, D) float tensor in input order, 'tokens': int, 'truncated': int}; "
+                  "inputs are texts or token-id lists", ("model", "cfg", "inputs"), ("batch_size",)),
     "predict": Hook("function", OPTIONAL, "`genforge predict`",
                     "one {input, label, probability, top} per input file", ("model", "cfg", "inputs"), ("top",)),
     "cli_generate": Hook("function", OPTIONAL, "`genforge generate`", "gets only the options the user gave",

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from genforge.serve.routers import classifications, images, text
+from genforge.serve.routers import classifications, embeddings, images, text
 
 TASKS: dict[str, ModuleType] = {
     "text-generation": text,
     "image-generation": images,
     "image-classification": classifications,
     "text-classification": classifications,
+    "embedding": embeddings,
 }
 
 TASK_ENDPOINTS = {task: router.ENDPOINT for task, router in TASKS.items()}
