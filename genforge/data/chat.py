@@ -7,8 +7,9 @@ Sources:
 - `chatterbot`: the English conversations of the PyPI package `chatterbot-corpus` (YAML
   lists of alternating lines, taken as user / assistant turns).
 
-Rendering: a template with a Jinja chat template (tokenizer_config.json's `chat_template`,
-as written by `genforge import`) renders it as Hugging Face's `apply_chat_template` does;
+Rendering: a run with a Jinja chat template (tokenizer_config.json's `chat_template`, as
+written by `genforge import`) renders it through genforge/pretrained/chat_template.py, as
+Hugging Face's `apply_chat_template` does;
 a run without one uses a plain "User: ... / Assistant: ..." layout. The assistant part of
 turn i is what rendering messages[:i+1] adds after rendering messages[:i] with the
 generation prompt, so the mask follows the template whatever its layout.
@@ -99,10 +100,6 @@ def load_conversations(data: str, val_fraction: float) -> tuple[list, list]:
             [c for i, c in enumerate(convs) if i in val_ix])
 
 
-def _raise(message: str):
-    raise DataError(f"the chat template refused the conversation: {message}")
-
-
 class ChatTemplate:
     """Messages -> text: a Jinja chat template (Hugging Face's format) or the plain layout."""
 
@@ -110,26 +107,31 @@ class ChatTemplate:
         self.special = {k: v or "" for k, v in (special or {}).items()}
         self._template = None
         if jinja_source:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+            # the one Jinja environment of chat templates (the one apply_chat_template uses),
+            # shared with `genforge chat` and the server
+            from genforge.pretrained.chat_template import compile_template
 
-            # the environment apply_chat_template uses: sandboxed, trim_blocks/lstrip_blocks
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                extensions=["jinja2.ext.loopcontrols"])
-            env.globals["raise_exception"] = _raise
-            env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
-            self._template = env.from_string(jinja_source)
+            self._template = compile_template(jinja_source)
 
     @classmethod
     def from_tokenizer_config(cls, path: Path | None) -> "ChatTemplate":
         if path is None or not path.is_file():
             return cls()
         d = json.loads(path.read_text(encoding="utf-8"))
-        return cls(d.get("chat_template"), {k: d.get(k) for k in ("bos_token", "eos_token")})
+        from genforge.pretrained.chat_template import SPECIAL_TOKEN_KEYS, _token_text, pick_template
+
+        return cls(pick_template(d.get("chat_template")),
+                   {k: _token_text(d.get(k)) for k in SPECIAL_TOKEN_KEYS})
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if self._template is not None:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self.special)
+            import jinja2
+
+            try:
+                return self._template.render(messages=messages,
+                                             add_generation_prompt=add_generation_prompt, **self.special)
+            except jinja2.TemplateError as e:  # the template's raise_exception(...)
+                raise DataError(f"the chat template refused a conversation: {e}") from None
         out = "".join({"user": "User: ", "assistant": "Assistant: "}.get(m["role"], "")
                       + m["content"] + ("\n\n" if m["role"] in ("system", "developer") else "\n")
                       for m in messages)

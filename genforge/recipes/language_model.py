@@ -115,8 +115,8 @@ PRESETS = {
     "smollm2-lora-shakespeare": (
         {"init_from": "smollm2", "data": "tinyshakespeare", "lora_r": 8, "lora_alpha": 16,
          "context": 128, "batch_size": 4, "max_steps": 300, "max_minutes": 15, "lr": 1e-3,
-         "min_lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0, "eval_every": 100,
-         "eval_batches": 8, "log_every": 10, "sample_prompt": "ROMEO:", "sample_tokens": 60},
+         "min_lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0, "eval_every": 50,
+         "eval_batches": 2, "log_every": 10, "sample_prompt": "ROMEO:", "sample_tokens": 60},
         "LoRA (r=8) on the pretrained SmolLM2-135M-Instruct, Tiny Shakespeare, <= 15 min on 2 CPU cores"),
     "smollm2-lora-dialogue": (
         {"init_from": "smollm2", "data": "chatterbot", "lora_r": 8, "lora_alpha": 16,
