@@ -2,6 +2,7 @@
 directories only; recipe-specific behaviour lives in the recipes."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -30,6 +31,13 @@ def main() -> None:
         app()
     except _user_errors() as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        # a full disk outside a checkpoint save (those raise CheckpointError with the fix)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        typer.echo(f"error: no space left on device while writing {e.filename or 'a file'}; "
+                   "free space and run the command again (a training run: --resume it)", err=True)
         sys.exit(2)
 
 
@@ -114,6 +122,9 @@ def train(
         cfg = C.make_config(recipe_mod, preset)
         C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)
         run_dir = out or Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ckpt.RunError(f"--out {run_dir} is a file, not a run directory; choose another "
+                                "--out (nothing was overwritten)")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ckpt.RunError(f"{run_dir} already exists and is not empty; pass --resume "
                                 f"{run_dir} to continue it, or choose another --out (nothing was overwritten)")

@@ -1,25 +1,77 @@
-"""Run directories: config.json + model.safetensors + trainer_state.pt, written atomically.
+"""Run directories: config.json, metrics.jsonl and checkpoints, each saved as one unit.
 
-Every file is written to a temporary name in the same folder, fsynced, then renamed over
-the old one, so a crash mid-save leaves the previous checkpoint intact."""
+A checkpoint is a folder, `RUN/ckpt/step-000120/` (model.safetensors, ema.safetensors with
+`ema`, trainer_state.pt, checkpoint.json), written completely under a `.tmp` name, fsynced
+(files and folder), renamed, and then published by atomically replacing the symlink
+`RUN/ckpt/latest`. The best weights are a folder of their own (`ckpt/best-000100/`, published
+by `ckpt/best`). A kill at any moment therefore leaves the previous checkpoint whole, never
+weights of one step beside the optimizer/RNG state of another (issue 16). checkpoint.json
+records the sha256 of every file of its folder and trainer_state.pt records the step and the
+sha256 of the weights files saved with it, so resume checks that they belong together.
+The names users know stay at the top of the run as symlinks: model.safetensors,
+trainer_state.pt, ema.safetensors -> ckpt/latest/..., best.safetensors -> ckpt/best/...
+Runs saved before step folders (those files as plain files) are still read, and resumed.
+
+Damaged, truncated or foreign files and a full disk raise CheckpointError: one message that
+names the file and the fix (the CLI prints it as one `error:` line)."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
+import shutil
+import signal
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model
+from safetensors.torch import save as safetensors_bytes
 
 from genforge import config as C
 from genforge.recipes import get_recipe
 
+CKPT = "ckpt"  # the folder of step and best folders inside a run
+MANIFEST = "checkpoint.json"  # in each step/best folder: its step and the sha256 of its files
+STATE = "trainer_state.pt"
+# top-level names users (and older code) read -> where they point inside ckpt/
+TOP_LEVEL = {"model.safetensors": "latest", "ema.safetensors": "latest", STATE: "latest",
+             "best.safetensors": "best"}
+
 
 class RunError(RuntimeError):
     """A run directory is missing, incomplete or would be overwritten."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint file is damaged, truncated, foreign, does not belong with the rest of its
+    checkpoint, or could not be written (full disk). Its message names the file and the fix."""
+
+
+# Test hook, read only by tests/test_checkpoint_reliability.py: GENFORGE_TEST_KILL_AT=LABEL:N
+# ends this process with SIGKILL the N-th time a save reaches the point LABEL (one of
+# KILL_POINTS), i.e. between a write and the rename/publish that follows it, the moments a
+# real crash or power cut is most harmful. Unset in normal use, where it costs one getenv.
+KILL_POINTS = ("model.safetensors", "ema.safetensors", "trainer_state.pt", "checkpoint.json",
+               "folder", "latest", "links", "pruned", "best.write", "best.folder", "best.latest")
+_kills_seen: dict[str, int] = {}
+
+
+def _kill_point(label: str) -> None:
+    spec = os.environ.get("GENFORGE_TEST_KILL_AT")
+    if not spec:
+        return
+    want, _, n = spec.rpartition(":")
+    if want == label:
+        _kills_seen[label] = _kills_seen.get(label, 0) + 1
+        if _kills_seen[label] == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -33,16 +85,78 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+@contextlib.contextmanager
+def _disk_errors(path: Path, fix: str):
+    """A full disk (or quota) while writing `path` -> CheckpointError naming it and the fix."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"no space left on device while writing {e.filename or path}; {fix}") from None
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """The one low-level write of checkpoint bytes (the disk-full test patches it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError as e:
+        e.filename = e.filename or str(path)  # os.write's errors name no file
+        raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # a rename is durable only once the folder holding it is synced
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through a temporary file in its folder, fsynced, renamed over the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file 0600; a run's files get the mode any new file gets (0666 less
+    # the umask), as plots and open() do, so a team can read each other's runs
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _disk_errors(path, "free space and run the command again (the previous file is intact)"):
+            write(Path(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -52,36 +166,100 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
+def state_to_save(model: nn.Module, run_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """The tensors a weights file of the run in `run_dir` holds, by state-dict name: the one
+    place that decides what is saved (every tensor; a LoRA run only its adapters and the
+    tensors its base could not provide)."""
     from genforge.train.transfer import saved_names
 
     model = unwrap(model)
-    names = saved_names(model, Path(path).parent)
+    state = model.state_dict()
+    names = saved_names(model, Path(run_dir)) if run_dir is not None else None
     if names is not None:  # a LoRA run: its adapters only (the base is another run's file)
-        state = model.state_dict()
-        tensors = {n: state[n].detach().contiguous() for n in names}
-        atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-        return
-    # save_model (not save_file) handles tied weights, e.g. GPT's embedding/head tying
-    atomic_write(path, lambda p: save_model(model, str(p)))
+        return {n: state[n] for n in names}
+    return state
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def _without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tied weights (GPT's embedding and head) stored once, under the first of their names in
+    sorted order, the name safetensors' save_model keeps, so load_model restores the others."""
+    by_storage: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        if t.numel():
+            by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(name)
+    drop: set[str] = set()
+    for names in by_storage.values():
+        if len(names) > 1:
+            whole = [n for n in sorted(names) if state[n].storage_offset() == 0
+                     and state[n].nbytes == state[n].untyped_storage().nbytes()]
+            if whole:
+                drop.update(n for n in names if n != whole[0])
+    return {n: t.detach().cpu().contiguous() for n, t in state.items() if n not in drop}
+
+
+def _weights_bytes(model: nn.Module, run_dir: Path | None, step: int | None = None) -> bytes:
+    tensors = _without_aliases(state_to_save(model, run_dir))
+    # views of one storage that none covers whole (rare): separate copies
+    seen: set[int] = set()
+    for n, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:
+            tensors[n] = t.clone()
+        seen.add(ptr)
+    meta = {"format": "pt"}
+    if step is not None:
+        meta["step"] = str(step)
+    return safetensors_bytes(tensors, metadata=meta)
+
+
+def save_weights(model: nn.Module, path: Path, run_dir: Path | None = None) -> None:
+    """One weights file outside a checkpoint folder (an imported run's model.safetensors)."""
+    path = Path(path)
+    data = _weights_bytes(model, run_dir or path.parent)
+    atomic_write(path, lambda p: _write_file(p, data))
+
+
+def _run_dir_of(path: Path) -> Path:
+    """The run a weights file belongs to: RUN/ckpt/<folder>/file or RUN/file."""
+    path = Path(path)
+    return path.parent.parent.parent if path.parent.parent.name == CKPT else path.parent
+
+
+def _unreadable(path: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}): "
+        "it is truncated, damaged or not a safetensors file; copy the file back from a backup "
+        "(or retrain the run, or use --checkpoint last|best for its other weights)")
+
+
+def load_weights(model: nn.Module, path: Path, run_dir: Path | None = None) -> None:
     from genforge.train.transfer import saved_names
 
-    names = saved_names(unwrap(model), Path(path).parent)
-    if names is not None:  # a LoRA run: exactly its adapters (and own tensors) on the base
-        tensors = load_file(str(path))
-        if set(tensors) != set(names):
-            raise RunError(f"{path} does not hold this LoRA run's adapters (missing: "
-                           f"{sorted(set(names) - set(tensors))[:5]}, unexpected: "
-                           f"{sorted(set(tensors) - set(names))[:5]})")
-        unwrap(model).load_state_dict(tensors, strict=False)
-        return
-    missing, unexpected = load_model(model, str(path), strict=False)
+    path = Path(path)
+    names = saved_names(unwrap(model), run_dir or _run_dir_of(path))
+    try:
+        if names is not None:  # a LoRA run: exactly its adapters (and own tensors) on the base
+            tensors = load_file(str(path))
+            if set(tensors) != set(names):
+                raise RunError(f"{path} does not hold this LoRA run's adapters (missing: "
+                               f"{sorted(set(names) - set(tensors))[:5]}, unexpected: "
+                               f"{sorted(set(tensors) - set(names))[:5]})")
+            unwrap(model).load_state_dict(tensors, strict=False)
+            return
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RunError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors' header errors, a tensor of another shape, ...
+        if isinstance(e, RuntimeError) and "size mismatch" in str(e):
+            raise RunError(f"{path} does not match the model built from config.json "
+                           f"({str(e).splitlines()[-1].strip()[:200]})") from None
+        raise _unreadable(path, e) from None
     if missing or unexpected:
         raise RunError(f"{path} does not match the model built from config.json "
                        f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")
+
 
 
 def save_config(run_dir: Path, recipe_name: str, cfg: C.TrainConfig) -> None:
@@ -108,15 +286,15 @@ def weights_path(run_dir: Path, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
         raise RunError(f"checkpoint must be 'best' or 'last', not {which!r}")
-    best, last = run_dir / "best.safetensors", run_dir / "model.safetensors"
-    if which == "best" and best.is_file():
+    best = best_file(run_dir)
+    if which == "best" and best is not None:
         return best
+    last = latest_dir(run_dir)
     # a run trained with `ema` keeps its averaged weights beside the raw ones (which resume
     # needs); the average is the model to use
-    if (run_dir / "ema.safetensors").is_file():
-        return run_dir / "ema.safetensors"
-    if last.is_file():
-        return last
+    for name in ("ema.safetensors", "model.safetensors"):
+        if last is not None and (last / name).is_file():
+            return last / name
     raise RunError(f"{run_dir} has no saved weights (model.safetensors); it may still be "
                    "training or have failed before its first checkpoint")
 
@@ -167,7 +345,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     from genforge.train.transfer import prepare
 
     model = prepare(model, cfg, run_dir, fresh=False)  # a LoRA run: its checked base + adapters
-    load_weights(model, weights_path(run_dir, which))
+    path = weights_path(run_dir, which)
+    verify_file(path)
+    load_weights(model, path, run_dir)
     return recipe, cfg, model.to(device).eval()
 
 
@@ -209,12 +389,259 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_trainer_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
-
-
 def load_trainer_state(path: Path) -> dict:
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         raise RunError(f"cannot resume: {path} is missing (the run never saved a checkpoint)")
-    # weights_only: a checkpoint must never be able to run code when loaded
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # weights_only: a checkpoint must never be able to run code when loaded. torch's own
+    # message for a refused file suggests turning that off, so it is not passed on
+    try:
+        with warnings.catch_warnings():  # e.g. "unsupported pickle protocol": the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} cannot be read as a trainer state ({type(e).__name__}): it is truncated, "
+            "damaged or holds objects other than tensors and plain values, which genforge never "
+            "loads; restore the run from a backup, or train it again") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} is not a genforge trainer state (no step); restore the run "
+                              "from a backup, or train it again")
+    return state
+
+
+# ---- checkpoint folders -------------------------------------------------------------------
+
+def _step_of(name: str | None) -> int | None:
+    try:
+        return int(name.rsplit("-", 1)[1]) if name else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _target(link: Path) -> str | None:
+    """The folder name a pointer symlink (ckpt/latest, ckpt/best) names, or None."""
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def _point(link: Path, target: str) -> None:
+    """Make the symlink `link` name `target`, atomically: a new link renamed over the old."""
+    tmp = link.with_name(link.name + ".tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _pointed_dir(run_dir: Path, pointer: str) -> Path | None:
+    link = Path(run_dir) / CKPT / pointer
+    name = _target(link)
+    if name is None:
+        return None
+    d = link.parent / name
+    if not d.is_dir():
+        raise CheckpointError(f"{link} names {d}, which is missing (the run's ckpt/ folder was "
+                              "changed by hand); restore the folder from a backup or retrain the run")
+    return d
+
+
+def latest_dir(run_dir: str | Path) -> Path | None:
+    """The folder of the run's last checkpoint: ckpt/step-N (published by ckpt/latest), the
+    run folder itself for runs saved before step folders, None before the first save."""
+    run_dir = Path(run_dir)
+    d = _pointed_dir(run_dir, "latest")
+    if d is not None:
+        return d
+    if any((run_dir / n).is_file() and not (run_dir / n).is_symlink() for n in (STATE, "model.safetensors")):
+        return run_dir
+    return None
+
+
+def best_file(run_dir: str | Path) -> Path | None:
+    run_dir = Path(run_dir)
+    d = _pointed_dir(run_dir, "best")
+    if d is not None:
+        return d / "model.safetensors"
+    old = run_dir / "best.safetensors"
+    return old if old.is_file() and not old.is_symlink() else None
+
+
+def _manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    fix = "restore the run from a backup, or train it again"
+    try:
+        m = json.loads(path.read_text())
+        int(m["step"]), dict(m["files"])
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing, so the checkpoint cannot be checked; {fix}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}); {fix}") from None
+    return m
+
+
+def verify_file(path: Path) -> None:
+    """Check a file of a checkpoint folder against the sha256 its checkpoint.json records
+    (files of runs saved before step folders have no record and are not checked)."""
+    path = Path(path)
+    if path.parent.parent.name != CKPT:
+        return
+    want = _manifest(path.parent)["files"].get(path.name)
+    if want is None or not path.is_file() or sha256_of(path) != want:
+        raise CheckpointError(
+            f"{path} is not the file its checkpoint saved (sha256 differs from {path.parent / MANIFEST}: "
+            "damaged, truncated or replaced after the save); restore it from a backup, use the "
+            "run's other weights (--checkpoint best|last), or train the run again")
+
+
+def _resume_fix(run_dir: Path, prev: Path | None) -> str:
+    kept = (f"the checkpoint of step {_step_of(prev.name)} is intact" if prev is not None and prev != run_dir
+            else "the previous checkpoint is intact" if prev is not None else "nothing was saved yet")
+    return f"free space and continue with `genforge train --resume {run_dir}` ({kept})"
+
+
+def _write_folder(root: Path, name: str, step: int, files: dict[str, bytes], label: str) -> Path:
+    """Write `files` into root/<name>.tmp with a checkpoint.json, fsync, rename to root/<name>."""
+    final, tmp = root / name, root / f"{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    manifest = {"step": step, "files": {}}
+    for fname, data in files.items():
+        _write_file(tmp / fname, data)
+        manifest["files"][fname] = _sha256(data)
+        _kill_point(label or fname)
+    _write_file(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    _kill_point("checkpoint.json" if not label else label)
+    _fsync_dir(tmp)
+    if final.exists():  # an unpublished folder a killed save left (never the published one)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def _link_top_level(run_dir: Path) -> None:
+    """RUN/model.safetensors etc. -> ckpt/latest/..., the names README and older code use."""
+    for name, pointer in TOP_LEVEL.items():
+        target = f"{CKPT}/{pointer}/{'model.safetensors' if name == 'best.safetensors' else name}"
+        link = run_dir / name
+        if not (run_dir / target).is_file():
+            continue
+        if not (link.is_symlink() and os.readlink(link) == target):
+            _point(link, target)
+
+
+def _prune(run_dir: Path) -> None:
+    """Remove every folder of ckpt/ but the published last and best, and leftover .tmp files."""
+    root = run_dir / CKPT
+    keep = {"latest", "best", _target(root / "latest"), _target(root / "best")}
+    for p in root.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    for p in run_dir.glob(".*.tmp"):  # atomic_write's temporary files of a killed process
+        p.unlink()
+
+
+def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, nn.Module], state: dict) -> Path:
+    """Save the checkpoint of `step` as one unit and publish it; returns its folder.
+
+    weights: file name -> module (model.safetensors, ema.safetensors); state: the trainer
+    state, saved with its step and the sha256 of each weights file under 'files'. Older
+    step folders are removed once the new one is published."""
+    run_dir = Path(run_dir)
+    root = run_dir / CKPT
+    prev = latest_dir(run_dir)
+    tmp = root / f"step-{step:06d}.tmp"
+    with _disk_errors(tmp, _resume_fix(run_dir, prev)):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            files = {name: _weights_bytes(m, run_dir, step) for name, m in weights.items()}
+            buf = io.BytesIO()
+            torch.save({**state, "step": step,
+                        "files": {name: _sha256(data) for name, data in files.items()}}, buf)
+            files[STATE] = buf.getvalue()
+            folder = _write_folder(root, f"step-{step:06d}", step, files, "")
+            _kill_point("folder")
+            _point(root / "latest", folder.name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # free the space now; resume would too
+            raise
+        _kill_point("latest")
+        _link_top_level(run_dir)
+        _kill_point("links")
+        _prune(run_dir)
+        _kill_point("pruned")
+    return folder
+
+
+def save_best(run_dir: str | Path, step: int, model: nn.Module) -> Path:
+    """Save `model` as the run's best weights (ckpt/best-N/model.safetensors, published by
+    ckpt/best). Older best folders go when the next checkpoint is published: until then the
+    one the last checkpoint's state names is kept, for a resume from it."""
+    run_dir = Path(run_dir)
+    root = run_dir / CKPT
+    tmp = root / f"best-{step:06d}.tmp"
+    with _disk_errors(tmp, _resume_fix(run_dir, latest_dir(run_dir))):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            data = _weights_bytes(model, run_dir, step)
+            folder = _write_folder(root, f"best-{step:06d}", step, {"model.safetensors": data}, "best.write")
+            _kill_point("best.folder")
+            _point(root / "best", folder.name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _kill_point("best.latest")
+        _link_top_level(run_dir)
+    return folder
+
+
+def _repair_best(run_dir: Path, state: dict) -> None:
+    """A best saved after the checkpoint we resume from (a kill between the two) is from a
+    future the resumed run has not reached yet: point ckpt/best back to the best that
+    checkpoint knew, as the uninterrupted run had it at that step."""
+    root = run_dir / CKPT
+    shown = _step_of(_target(root / "best"))
+    if shown is None or "best_step" not in state or shown <= state["step"]:
+        return
+    want = state["best_step"]
+    if want is not None and (root / f"best-{want:06d}").is_dir():
+        _point(root / "best", f"best-{want:06d}")
+    else:
+        (root / "best").unlink()
+        if (run_dir / "best.safetensors").is_symlink():
+            (run_dir / "best.safetensors").unlink()
+
+
+def resume_checkpoint(run_dir: str | Path, log: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """The folder and trainer state to resume `run_dir` from, after removing what killed
+    saves left (.tmp files and folders, unpublished step folders) and checking that every
+    file is the one its checkpoint saved and that the weights belong to the state's step."""
+    run_dir = Path(run_dir)
+    folder = latest_dir(run_dir) if run_dir.is_dir() else None
+    if folder is None:
+        raise RunError(f"cannot resume: {run_dir} holds no checkpoint (the run never saved one); "
+                       "start it again with another --out")
+    if folder == run_dir:  # saved before step folders: nothing records which files belong together
+        log(f"note: {run_dir} was saved by an older genforge; its weights and state cannot be "
+            "checked against each other (the next save writes the checked layout)")
+        return folder, load_trainer_state(run_dir / STATE)
+    manifest = _manifest(folder)
+    for name in manifest["files"]:
+        verify_file(folder / name)
+    state = load_trainer_state(folder / STATE)
+    weights = {k: v for k, v in manifest["files"].items() if k != STATE}
+    if state.get("step") != manifest["step"] or state.get("files") != weights:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the weights in {folder} do not belong to {folder / STATE} "
+            f"(step {state.get('step')} vs {manifest['step']}, or another sha256); restore the run "
+            "from a backup, or train it again")
+    _repair_best(run_dir, state)
+    _prune(run_dir)
+    _link_top_level(run_dir)
+    return folder, state

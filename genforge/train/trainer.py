@@ -82,10 +82,14 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
         if hasattr(recipe, "NO_EMA"):
             raise C.ConfigError(f"ema does not apply to the {recipe_name} recipe: "
                                 f"{recipe.NO_EMA}; remove the ema setting")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ckpt.RunError(f"{out_dir} is a file, not a run directory; choose another --out "
+                            "(nothing was overwritten)")
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
                             "to continue it, or choose another --out (nothing was overwritten)")
-    state = ckpt.load_trainer_state(out_dir / "trainer_state.pt") if resume else None
+    # resume: the last published checkpoint, its files checked against each other
+    ckpt_dir, state = ckpt.resume_checkpoint(out_dir, log) if resume else (None, None)
     if state is not None and bool(cfg.ema) != ("ema_updates" in state):
         # checked before config.json is rewritten: a refused resume changes nothing
         had = "with" if "ema_updates" in state else "without"
@@ -115,13 +119,14 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
     # what one step really processes (grad_accum > 1 with a non-accumulating update is refused)
     examples_per_step = cfg.batch_size * cfg.grad_accum
 
-    step, best, bad_evals = 0, None, 0
+    step, best, bad_evals, best_step = 0, None, 0, None
     if state is not None:
-        ckpt.load_weights(model, out_dir / "model.safetensors")
+        ckpt.load_weights(model, ckpt_dir / "model.safetensors", out_dir)
         step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
+        best_step = state.get("best_step")
     ema = EMA(model, cfg.ema) if cfg.ema else None
     if ema is not None and state is not None:
-        ckpt.load_weights(ema.model, out_dir / "ema.safetensors")
+        ckpt.load_weights(ema.model, ckpt_dir / "ema.safetensors", out_dir)
         ema.updates = state["ema_updates"]
     # what evaluation, samples and best.safetensors use: the averaged weights when there are any
     eval_model = ema.model if ema is not None else model
@@ -157,16 +162,17 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
     metrics_path = out_dir / "metrics.jsonl"
 
     def save(final: bool = False) -> None:
-        ckpt.save_weights(model, out_dir / "model.safetensors")
-        st = {"step": step, "best": best, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
+        # one checkpoint folder, published at once (genforge/train/checkpoint.py)
+        weights = {"model.safetensors": model}
+        st = {"step": step, "best": best, "best_step": best_step, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
               "optimizers": {k: o.state_dict() for k, o in opts.items()},
               "schedulers": {k: s.state_dict() for k, s in scheds.items()}, "elapsed_s": elapsed()}
         if hasattr(recipe, "extra_state"):
             st["extra"] = recipe.extra_state(model, cfg)
         if ema is not None:
-            ckpt.save_weights(ema.model, out_dir / "ema.safetensors")
+            weights["ema.safetensors"] = ema.model
             st["ema_updates"] = ema.updates
-        ckpt.save_trainer_state(out_dir / "trainer_state.pt", st)
+        ckpt.save_checkpoint(out_dir, step, weights, st)
 
     bar = _progress(total, step)
     sums: dict[str, torch.Tensor | float] = {}
@@ -234,8 +240,8 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
                 raise C.ConfigError(f"metric {cfg.metric!r} is not reported by this recipe; "
                                     f"choose one of: {', '.join(ev)}")
             if _is_better(value, best, cfg.metric_mode):
-                best, bad_evals = value, 0
-                ckpt.save_weights(eval_model, out_dir / "best.safetensors")
+                best, bad_evals, best_step = value, 0, step
+                ckpt.save_best(out_dir, step, eval_model)
             else:
                 bad_evals += 1
             if hasattr(recipe, "log_samples"):
