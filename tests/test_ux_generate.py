@@ -94,7 +94,7 @@ def words_run(tmp_path_factory) -> Path:
             Image.new("L", (28, 28), color=20 * i + k).save(root / "data" / name / f"{k}.png")
     cfg = make_config(get_recipe("image-generate"), {
         "model": "gan", "data": str(root / "data"), "max_steps": 1, "batch_size": 4,
-        "eval_batches": 1, "sample_grid": 0, "plots": False, "test_fraction": 0.2,
+        "eval_batches": 1, "sample_grid": 1, "plots": False, "test_fraction": 0.2,
         "val_fraction": 0.2, "model.g_channels": 4, "model.d_channels": 4, "model.z_dim": 8})
     fit("image-generate", cfg, root / "run", log=lambda s: None)
     return root / "run"
