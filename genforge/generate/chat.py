@@ -30,8 +30,6 @@ from typing import Any, Iterator, Protocol, Sequence
 from genforge.generate.sampling import SamplingConfig, Tokenizer, stream_text
 from genforge.train.checkpoint import RunError
 
-ROLES = ("system", "developer", "user", "assistant")
-
 
 class ChatFormat(Protocol):
     stop: tuple[str, ...]
