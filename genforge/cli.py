@@ -193,12 +193,13 @@ def play(
     recipe.cli_play(model, cfg, run, episodes=episodes, gif=str(gif) if gif else None)
 
 
-def _predict_inputs(given: list[str], text_run: bool) -> list[str]:
-    """Expand `-` (standard input, one input per line) and folders (every text or image
-    file in them, sorted by name) into the list of inputs."""
+def _predict_inputs(given: list[str], text_run: bool, audio_run: bool = False) -> list[str]:
+    """Expand `-` (standard input, one input per line) and folders (every text, image or
+    audio file in them, sorted by name) into the list of inputs."""
+    from genforge.data.audio import AUDIO_SUFFIXES
     from genforge.data.images import IMAGE_SUFFIXES
 
-    suffixes = {".txt"} if text_run else IMAGE_SUFFIXES
+    suffixes = {".txt"} if text_run else set(AUDIO_SUFFIXES) if audio_run else IMAGE_SUFFIXES
     out: list[str] = []
     for item in given:
         if item == "-":
@@ -207,7 +208,8 @@ def _predict_inputs(given: list[str], text_run: bool) -> list[str]:
             files = sorted(str(p) for p in Path(item).iterdir()
                            if p.is_file() and p.suffix.lower() in suffixes)
             if not files:
-                raise typer.BadParameter(f"{item} holds no {'.txt' if text_run else 'image'} files "
+                kind = ".txt" if text_run else "audio" if audio_run else "image"
+                raise typer.BadParameter(f"{item} holds no {kind} files "
                                          f"(looked for {', '.join(sorted(suffixes))})")
             out += files
         else:
@@ -221,7 +223,7 @@ def _predict_inputs(given: list[str], text_run: bool) -> list[str]:
 def predict(
     run: Path = typer.Argument(..., help="run directory of a classifier"),
     inputs: List[str] = typer.Argument(..., help="text runs: the texts themselves (or .txt files); "
-                                       "image runs: image files. A folder means every such file "
+                                       "image runs: image files; audio runs: WAV/FLAC files. A folder means every such file "
                                        "in it; - reads one input per line from standard input"),
     top: int = typer.Option(3, help="how many classes to show per input"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object per input "
@@ -235,7 +237,8 @@ def predict(
     recipe, cfg, model = load_run(run, checkpoint)
     if not hasattr(recipe, "predict"):
         raise typer.BadParameter(f"{run} is a {cfg.model} run whose recipe does not predict classes")
-    items = _predict_inputs(inputs, "text-input" in capabilities(recipe, cfg))
+    caps = capabilities(recipe, cfg)
+    items = _predict_inputs(inputs, "text-input" in caps, "audio-input" in caps)
     for r in recipe.predict(model, cfg, items, top=top):
         if json_:
             typer.echo(json.dumps({"input": r["input"], "label": r["label"],
@@ -280,7 +283,7 @@ def generate(
     label: Optional[str] = typer.Option(None, help="class to generate (conditional image models)"),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
     steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG; audio runs: WAV)"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
     compile_: bool = typer.Option(False, "--compile", help="GPT: compile the decode step "
                                   "(seconds once, then faster tokens; needs a C++ compiler)"),

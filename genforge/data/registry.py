@@ -139,6 +139,13 @@ DATASETS: dict[str, Dataset] = {
                      member="rt-polaritydata/rt-polarity.neg"),
         ),
     ),
+    "fsdd": Dataset(
+        "fsdd",
+        "Free Spoken Digit Dataset: 3,000 8 kHz WAV recordings of the digits zero..nine, 6 "
+        "speakers (test: indices 0-4 of every speaker and digit)",
+        notes="Read and downloaded by genforge.data.audio (a folder fsdd/recordings/*.wav).",
+        classes=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    ),
     "multi30k": Dataset(
         "multi30k",
         "Multi30k task 1: English/German/French image captions aligned by line",

@@ -18,6 +18,8 @@ RECIPES: dict[str, str] = {
     "text-classify": "genforge.recipes.text_classify",
     "sequence-classify": "genforge.recipes.sequence_classify",
     "text-embed": "genforge.recipes.text_embed",
+    "audio-classify": "genforge.recipes.audio_classify",
+    "audio-generate": "genforge.recipes.audio_generate",
 }
 
 
@@ -75,6 +77,8 @@ CAPABILITIES: dict[str, str] = {
                          "`model.attention` (Lin et al. 2017)",
     "self-attention": "forward(tokens, need_weights=True) keeps the last layer's attention "
                       "(B, T, T), mean over heads, in `model.attention`",
+    "audio-input": "a classifier of normalised log-mel spectrograms (B, 1, n_mels, frames); "
+                   "the recipe's `audio_input(cfg, files)` makes them (explain attributes to them)",
 }
 
 

@@ -32,6 +32,8 @@ TASK_HOOKS: dict[str, tuple[str, ...]] = {
     "image-classification": ("classify",),
     "text-classification": ("classify",),
     "embedding": ("embed",),
+    "audio-classification": ("classify",),
+    "audio-generation": ("parse_label", "sample"),
 }
 # keywords the server passes to `sample` of an image-generation recipe
 IMAGE_SAMPLE_KEYWORDS = ("n", "label", "guidance", "steps", "seed")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from genforge.serve.routers import classifications, embeddings, images, text
+from genforge.serve.routers import audio, speech
 
 TASKS: dict[str, ModuleType] = {
     "text-generation": text,
@@ -21,6 +22,8 @@ TASKS: dict[str, ModuleType] = {
     "image-classification": classifications,
     "text-classification": classifications,
     "embedding": embeddings,
+    "audio-classification": audio,
+    "audio-generation": speech,
 }
 
 TASK_ENDPOINTS = {task: router.ENDPOINT for task, router in TASKS.items()}
