@@ -20,6 +20,7 @@ RECIPES: dict[str, str] = {
     "text-embed": "genforge.recipes.text_embed",
     "audio-classify": "genforge.recipes.audio_classify",
     "audio-generate": "genforge.recipes.audio_generate",
+    "seq2seq": "genforge.recipes.seq2seq",
 }
 
 
@@ -79,6 +80,10 @@ CAPABILITIES: dict[str, str] = {
                       "(B, T, T), mean over heads, in `model.attention`",
     "audio-input": "a classifier of normalised log-mel spectrograms (B, 1, n_mels, frames); "
                    "the recipe's `audio_input(cfg, files)` makes them (explain attributes to them)",
+    "translation": "a sequence-to-sequence run: the prompt (completions) or the last user "
+                   "message (chat) is a source sentence; the recipe's `translate_stream(model, cfg, "
+                   "source, temperature=, top_p=, top_k=, seed=, max_tokens=, stats=)` translates it "
+                   "and `cross_attention(model, cfg, text)` gives what explain draws",
 }
 
 
