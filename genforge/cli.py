@@ -150,9 +150,19 @@ def _evaluate_run(run: Path, split: str, checkpoint: str, extra: dict | None = N
             raise typer.BadParameter(f"--{unknown[0]} does not apply to {cfg.model} runs of this recipe")
     t0 = time.perf_counter()
     result = recipe.evaluate(model, cfg, split, **(extra or {}))
+    hypotheses = result.pop("hypotheses", None)  # translation runs: the outputs scored
     scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     typer.echo(f"{run} [{split}, {checkpoint}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
                + f"  ({time.perf_counter() - t0:.1f}s)")
+    for key in ("bleu_signature", "chrf_signature"):
+        if key in result:
+            typer.echo(f"sacrebleu {key.split('_')[0]} signature: {result[key]}")
+    if hypotheses is not None:
+        hyp_path = run / f"hypotheses_{split}.txt"
+        tmp = hyp_path.with_name(f".{hyp_path.name}.tmp")
+        tmp.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        tmp.replace(hyp_path)
+        typer.echo(f"hypotheses: {hyp_path}")
     classes = getattr(cfg, "classes", None)
     if "confusion_matrix" in result and classes:
         typer.echo("\n" + format_report(result, classes))
@@ -172,9 +182,13 @@ def eval_cmd(
     split: str = typer.Option("test", help="split to evaluate: test or val"),
     checkpoint: str = typer.Option("best", help="best or last"),
     episodes: Optional[int] = typer.Option(None, "--episodes", help="RL runs: deterministic evaluation episodes"),
+    beams: Optional[int] = typer.Option(None, "--beams", help="translation runs: beam size (1 = greedy)"),
 ) -> None:
     """Evaluate a trained run; prints metrics and writes eval.json (and plots)."""
-    _evaluate_run(run, split, checkpoint, {"episodes": episodes} if episodes is not None else None)
+    if beams is not None and beams < 1:
+        raise typer.BadParameter(f"--beams must be >= 1 (1 = greedy), got {beams}")
+    extra = {k: v for k, v in (("episodes", episodes), ("beams", beams)) if v is not None}
+    _evaluate_run(run, split, checkpoint, extra or None)
 
 
 @app.command()
@@ -271,7 +285,11 @@ def explain(
 @app.command()
 def generate(
     run: Path = typer.Argument(..., help="run directory of a generative model"),
-    prompt: Optional[str] = typer.Option(None, help="text prompt (text models)"),
+    prompt: Optional[List[str]] = typer.Option(None, help="text prompt (text models); translation "
+                                               "runs: a source sentence (repeatable)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="translation runs: file of "
+                                              "source sentences, one a line"),
+    beams: Optional[int] = typer.Option(None, "--beams", help="translation runs: beam size (1 = greedy)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="new tokens to generate"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="sample from the k most likely tokens"),
@@ -292,10 +310,17 @@ def generate(
     """Generate text or images from a trained run."""
     from genforge.train.checkpoint import load_run
 
+    from genforge.recipes import capabilities
+
+    if beams is not None and beams < 1:
+        raise typer.BadParameter(f"--beams must be >= 1 (1 = greedy), got {beams}")
     recipe, cfg, model = load_run(run, checkpoint)
     if not hasattr(recipe, "cli_generate"):
         raise typer.BadParameter(f"{run} ({cfg.model}) is not a generative model")
-    opts = dict(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+    if prompt and len(prompt) > 1 and "translation" not in capabilities(recipe, cfg):
+        raise typer.BadParameter("several --prompt apply to translation runs; give one prompt")
+    opts = dict(prompt=(prompt[0] if len(prompt) == 1 else prompt) if prompt else None,
+                input=input_file, beams=beams, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                 top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
                 stream=stream or None, n=n, label=label, guidance=guidance, steps=steps,
                 out=out, seed=seed, compile=compile_ or None)

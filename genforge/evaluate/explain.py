@@ -278,6 +278,34 @@ def explain_audio(model, cfg, recipe, path: str, method: str = "ig", n_steps: in
             probs[target].item(), delta)
 
 
+def attention_png(weights: torch.Tensor, source: list[str], target: list[str], path: str | Path,
+                  title: str) -> Path:
+    """A translation's cross-attention (target tokens x source tokens) as a heatmap PNG: row i
+    is where the model looked while writing target token i."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = weights.float().numpy()
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(source) + 2), max(3, 0.35 * len(target) + 1.5)))
+    ax.imshow(w, cmap="viridis", aspect="auto", vmin=0.0)
+    # byte-level BPE marks a leading space with "Ġ"; show it as a real space
+    ax.set_xticks(range(len(source)), [s.replace("\u0120", " ") for s in source], rotation=90)
+    ax.set_yticks(range(len(target)), [t.replace("\u0120", " ") for t in target])
+    ax.set_xlabel("source")
+    ax.set_ylabel("translation")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def explain_run(run: str | Path, inp: str, method: str = "ig", out: str | Path | None = None,
                 checkpoint: str = "best", n_steps: int = 64, echo=print) -> Path:
     """What `genforge explain RUN INPUT` does. Returns the file written."""
@@ -319,8 +347,19 @@ def explain_run(run: str | Path, inp: str, method: str = "ig", out: str | Path |
         path, label, prob, delta = explain_audio(model, cfg, recipe, inp, method, n_steps, out)
         gap = f", completeness gap {delta:+.2e}" if delta is not None else ""
         echo(f"{label} ({prob:.3f}){gap}")
+    elif "translation" in caps:
+        text = Path(inp).read_text() if inp.endswith(".txt") and Path(inp).is_file() else inp
+        att = recipe.cross_attention(model, cfg, text.strip(), run)
+        if att["truncated"]:
+            echo(f"note: the source is longer than the model's maximum of {cfg.model_cfg.max_len} "
+                 "tokens; its first tokens were translated")
+        echo(att["translation"])
+        out = Path(out) if out else run / "explain" / "cross_attention.png"
+        path = attention_png(att["weights"], att["source_tokens"], att["target_tokens"], out,
+                             f"{run.name}: cross-attention")
     else:
-        raise ValueError(f"{run} is a {cfg.model} run; explain handles image, text and audio classifiers")
+        raise ValueError(f"{run} is a {cfg.model} run; explain handles image, text and audio "
+                         "classifiers and translation runs")
     echo(f"wrote {path}")
     return path
 

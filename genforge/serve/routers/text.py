@@ -92,7 +92,23 @@ def _seeds(seed: int | None, k: int) -> list[int]:
     return [(base + i) % (2 ** 63) for i in range(k)]
 
 
+def _translation(m: ServedModel, sc: SamplingConfig, temperature: float | None,
+                 max_tokens: int | None) -> SamplingConfig:
+    """A translation run (capability `translation`): unless the request says otherwise, the
+    run's beam search (temperature 0) to the run's length limit, not the text defaults
+    (temperature 1, 16 tokens), which would sample and cut every translation short."""
+    if temperature is None:
+        sc.temperature = 0.0
+    if max_tokens is None:
+        sc.max_new_tokens = 0
+    return sc
+
+
 def _text_job(m: ServedModel, prompt: str | list[int], sc: SamplingConfig, seed: int, stats: dict):
+    if "translation" in m.capabilities:  # the prompt is the source sentence
+        return m.recipe.translate_stream(m.model, m.cfg, prompt, temperature=sc.temperature,
+                                         top_p=sc.top_p, top_k=sc.top_k, seed=seed,
+                                         max_tokens=sc.max_new_tokens, stats=stats)
     return stream_text(m.model, m.tokenizer, prompt, SamplingConfig(**{**vars(sc), "seed": seed}),
                        stats=stats)
 
@@ -108,6 +124,8 @@ async def completions(req: CompletionRequest, request: Request):
     if not prompts:
         raise APIError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
     sc = _sampling(m, req, 16 if req.max_tokens is None else req.max_tokens, lim)
+    if "translation" in m.capabilities:
+        sc = _translation(m, sc, req.temperature, req.max_tokens)
     if len(prompts) * req.n > lim.max_n:
         raise APIError(400, f"n: {len(prompts)} prompts x n={req.n} choices exceeds the limit "
                        f"of {lim.max_n} per request", param="n")
@@ -132,8 +150,16 @@ async def chat(req: ChatRequest, request: Request):
     for msg in req.messages:
         text = msg.content if isinstance(msg.content, str) else "".join(p.text for p in msg.content)
         messages.append({"role": msg.role, "content": text})
+    source = None
+    if "translation" in m.capabilities:  # the last user message is the sentence to translate
+        users = [msg["content"] for msg in messages if msg["role"] == "user"]
+        if not users:
+            raise APIError(400, "messages: a translation model translates the last user message; "
+                           "there is none", param="messages")
+        source = users[-1]
     try:  # the run's chat template (genforge.generate.chat): the model's own, or plain text
-        ids = m.chat_template.prompt_ids(messages, m.tokenizer)
+        ids = (m.tokenizer.encode(source) if source is not None
+               else m.chat_template.prompt_ids(messages, m.tokenizer))
     except ValueError as e:  # a character a char vocabulary never saw; a template's refusal
         raise APIError(400, f"messages: {e}", param="messages") from None
     _check_prompt(m, ids, lim, "messages")
@@ -141,9 +167,12 @@ async def chat(req: ChatRequest, request: Request):
     sc = _sampling(m, req, lim.chat_max_tokens if max_tokens is None else max_tokens, lim,
                    extra_stops=m.chat_template.stop)
     sc.stop_ids = list(m.chat_template.stop_ids)  # end-of-turn tokens: the reply ends there
+    if source is not None:
+        sc = _translation(m, sc, req.temperature, max_tokens)
     seeds = _seeds(req.seed, req.n)
     stats = [dict() for _ in seeds]
-    jobs = [(k, _text_job(m, ids, sc, seeds[k], stats[k])) for k in range(req.n)]
+    jobs = [(k, _text_job(m, ids if source is None else source, sc, seeds[k], stats[k]))
+            for k in range(req.n)]
     return await _text_response(request, req, m, jobs, stats, len(ids), chat=True)
 
 
