@@ -154,6 +154,8 @@ def _evaluate_run(run: Path, split: str, checkpoint: str, extra: dict | None = N
     scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     typer.echo(f"{run} [{split}, {checkpoint}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
                + f"  ({time.perf_counter() - t0:.1f}s)")
+    if isinstance(result.get("report"), str):  # a recipe's own printout (word neighbours)
+        typer.echo("\n" + result["report"])
     for key in ("bleu_signature", "chrf_signature"):
         if key in result:
             typer.echo(f"sacrebleu {key.split('_')[0]} signature: {result[key]}")

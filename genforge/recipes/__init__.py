@@ -18,6 +18,7 @@ RECIPES: dict[str, str] = {
     "text-classify": "genforge.recipes.text_classify",
     "sequence-classify": "genforge.recipes.sequence_classify",
     "text-embed": "genforge.recipes.text_embed",
+    "word-embeddings": "genforge.recipes.word_embeddings",
     "audio-classify": "genforge.recipes.audio_classify",
     "audio-generate": "genforge.recipes.audio_generate",
     "seq2seq": "genforge.recipes.seq2seq",

@@ -24,9 +24,10 @@ from genforge.data.batching import ShuffledBatches, sequential_batches
 from genforge.data.tabular_text import load_labelled_text, split_indices
 from genforge.data.vocab import BPEVocab, Vocab
 from genforge.evaluate.metrics import evaluate_classifier, top_predictions
-from genforge.models.text_encoders import ENCODERS
+from genforge.models.text_encoders import ENCODERS, BertClassifier, BertTextConfig
 
-MODELS = dict(ENCODERS)  # bag | cnn | rnn | attention | transformer
+# bag | cnn | rnn | attention | transformer | bert (a BERT encoder, usually pretrained: init_from)
+MODELS = {**ENCODERS, "bert": (BertTextConfig, BertClassifier)}
 
 
 TASK = "text-classification"  # what `genforge serve` offers: POST /v1/classifications
@@ -45,7 +46,8 @@ class Config(TrainConfig):
     data_dir: str = ""  # extra folder searched first for named datasets
     text_column: str = "text"  # columns of the user's file
     label_column: str = "label"
-    tokenizer: str = "word"  # word | bpe
+    # word | bpe | pretrained (model=bert with init_from: the source run's WordPiece tokenizer)
+    tokenizer: str = "word"
     min_freq: int = 1  # word vocabulary: drop rarer words (they become <unk>)
     max_vocab: int = 0  # word vocabulary: at most this many entries (0 = no limit)
     bpe_vocab: int = 4000  # BPE vocabulary size
@@ -66,6 +68,9 @@ class Config(TrainConfig):
     # filled from the data by `build`
     classes: list[str] = field(default_factory=list)
     vocab_size: int = 0
+    # a word-embeddings run whose vectors initialise a word-level model's embedding (Kim
+    # 2014's CNN-non-static; add freeze=embed for CNN-static)
+    init_embeddings: str = ""
 
 
 PRESETS = {
@@ -84,6 +89,17 @@ PRESETS = {
     "transformer-rt-polarity": ({"model": "transformer", "epochs": 8, "lr": 5e-4,
                                  "warmup_steps": 100, "weight_decay": 0.05},
                                 "2-layer Transformer encoder with padding masks on rt-polarity"),
+    "minilm-rt-polarity": ({"model": "bert", "init_from": "minilm", "max_len": 64, "epochs": 2,
+                            "batch_size": 32, "lr": 4e-5, "warmup_steps": 50, "weight_decay": 0.01,
+                            "eval_every": 100, "eval_batches": 0},
+                           "all-MiniLM-L6-v2 fine-tuned end to end on rt-polarity (Devlin et al. "
+                           "2019's recipe: small lr, warmup, 2 epochs)"),
+    "minilm-probe-rt-polarity": ({"model": "bert", "init_from": "minilm", "freeze": "bert",
+                                  "model.dropout": 0.0, "max_len": 64, "epochs": 3,
+                                  "batch_size": 64, "lr": 3e-3, "schedule": "constant",
+                                  "eval_every": 100, "eval_batches": 0},
+                                 "linear probe: a linear head on frozen all-MiniLM-L6-v2 "
+                                 "sentence vectors on rt-polarity"),
 }
 
 _TEST = {"data": "rt-polarity", "max_steps": 2, "batch_size": 8, "train_limit": 400,
@@ -96,6 +112,9 @@ TEST_CONFIGS = {
     "transformer-bpe": {**_TEST, "model": "transformer", "model.n_head": 2, "tokenizer": "bpe",
                         "bpe_vocab": 300, "model.max_len": 20},
     "cnn-fold": {**_TEST, "model": "cnn", "model.n_filters": 4, "fold": 3},
+    "bert-bpe": {**{k: v for k, v in _TEST.items() if k != "model.emb_dim"}, "model": "bert",
+                 "tokenizer": "bpe", "bpe_vocab": 300, "model.n_layer": 1, "model.n_head": 2,
+                 "model.d_model": 16, "model.intermediate": 32, "model.max_len": 20},
 }
 
 
@@ -143,22 +162,101 @@ def _vocab_key(cfg: Config) -> tuple:
             cfg.min_freq, cfg.max_vocab, cfg.bpe_vocab)
 
 
-_VOCABS: dict[tuple, Vocab | BPEVocab] = {}  # set by `build` (built, or read from the run)
+class WordPieceVocab:
+    """A pretrained encoder's tokenizer.json, as text-classify's vocabularies: encode gives
+    [CLS] text [SEP] (what the encoder was trained on) and truncation keeps the final [SEP]."""
+
+    pad_id = 0
+
+    def __init__(self, text: str):
+        from tokenizers import Tokenizer
+
+        self.text = text
+        self.tok = Tokenizer.from_str(text)
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.sep = self.tok.token_to_id("[SEP]")
+        pad = self.tok.token_to_id("[PAD]")
+        if pad not in (None, 0):
+            raise ConfigError(f"this tokenizer's [PAD] id is {pad}; text-classify pads with 0")
+
+    @classmethod
+    def load(cls, path) -> "WordPieceVocab":
+        return cls(Path(path).read_text(encoding="utf-8"))
+
+    def save(self, path) -> None:
+        Path(path).write_text(self.text, encoding="utf-8")
+
+    def __len__(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str, max_len: int = 0) -> list[int]:
+        ids = self.tok.encode(text).ids
+        if max_len and len(ids) > max_len:
+            ids = ids[: max_len - 1] + ([self.sep] if self.sep is not None else ids[max_len - 1: max_len])
+        return ids
+
+
+VOCAB_CLASSES = {"word": Vocab, "bpe": BPEVocab, "pretrained": WordPieceVocab}
+_VOCABS: dict[tuple, Vocab | BPEVocab | WordPieceVocab] = {}  # set by `build` (built, or read from the run)
 
 
 def _vocab_file(cfg: Config) -> str:
-    return "tokenizer.json" if cfg.tokenizer == "bpe" else "vocab.json"
+    return "vocab.json" if cfg.tokenizer == "word" else "tokenizer.json"
 
 
-def vocabulary(cfg: Config, run_dir=None) -> Vocab | BPEVocab:
-    """The run's vocabulary: read from RUN when it has one, else built on the training rows."""
-    key = _vocab_key(cfg)
+def _source_run(cfg: Config) -> Path | None:
+    """The run a `model=bert` classifier starts from (init_from; a packaged model's name is
+    imported once), whose architecture and tokenizer it adopts, as language-model does."""
+    if cfg.model != "bert" or not cfg.init_from:
+        return None
+    from genforge.pretrained.sources import resolve
+
+    return resolve(cfg.init_from)
+
+
+def _adopt_source(cfg: Config) -> None:
+    """A new model=bert classifier from a BERT run (text-embed, or another classifier)
+    takes that encoder's architecture and tokenizer; dropout and the head stay ours."""
+    import json
+
+    src = _source_run(cfg)
+    if src is None:
+        return
+    from genforge.config import from_dict
+    from genforge.models.bert import BertConfig
+    from genforge.recipes import get_recipe
+
+    d = json.loads((src / "config.json").read_text())
+    if d.get("model") != "bert" or d.get("recipe") not in ("text-embed", "text-classify"):
+        return  # init_from reports what it could not match
+    theirs = from_dict(get_recipe(d["recipe"]), d)
+    for f in BertConfig.__dataclass_fields__:
+        if f not in ("dropout", "normalize"):
+            setattr(cfg.model_cfg, f, getattr(theirs.model_cfg, f))
+    if not (src / "tokenizer.json").is_file():
+        raise ConfigError(f"init_from={cfg.init_from}: {src} has no tokenizer.json to encode with")
+    cfg.tokenizer = theirs.tokenizer
+    cfg.vocab_size = 0
+
+
+def vocabulary(cfg: Config, run_dir=None) -> Vocab | BPEVocab | WordPieceVocab:
+    """The run's vocabulary: read from RUN when it has one, else init_from's tokenizer
+    (model=bert), else built on the training rows."""
+    if cfg.tokenizer not in VOCAB_CLASSES:
+        raise ConfigError(f"unknown tokenizer {cfg.tokenizer!r}; choose word, bpe or pretrained")
+    key = (*_vocab_key(cfg), cfg.init_from if cfg.model == "bert" else "")
     path = Path(run_dir) / _vocab_file(cfg) if run_dir else None
     if path is not None and path.is_file():
-        _VOCABS[key] = (BPEVocab if cfg.tokenizer == "bpe" else Vocab).load(path)
-    elif key not in _VOCABS:
-        if cfg.tokenizer not in ("word", "bpe"):
-            raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}; choose word or bpe")
+        _VOCABS[key] = VOCAB_CLASSES[cfg.tokenizer].load(path)
+    elif key in _VOCABS:
+        pass
+    elif cfg.tokenizer != "word" and (src := _source_run(cfg)) and (src / "tokenizer.json").is_file():
+        _VOCABS[key] = VOCAB_CLASSES[cfg.tokenizer].load(src / "tokenizer.json")
+    elif cfg.tokenizer == "pretrained":
+        raise ConfigError("tokenizer=pretrained is the tokenizer of a pretrained encoder: train "
+                          "model=bert with init_from=RUN (e.g. init_from=minilm)")
+    else:
         ds = _dataset(cfg.data, cfg.text_column, cfg.label_column, cfg.data_dir)
         texts = [ds.texts[i] for i in _split_rows(cfg)["train"].tolist()]
         _VOCABS[key] = (BPEVocab.build(texts, cfg.bpe_vocab) if cfg.tokenizer == "bpe"
@@ -198,7 +296,10 @@ def _split_tensors(cfg: Config, split: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def build(cfg: Config, run_dir=None) -> torch.nn.Module:
-    if not cfg.classes:  # first build (training): class names and vocabulary from the data
+    fresh = not cfg.classes
+    if fresh:  # first build (training): class names and vocabulary from the data
+        if cfg.model == "bert" and cfg.init_from:
+            _adopt_source(cfg)
         ds = _dataset(cfg.data, cfg.text_column, cfg.label_column, cfg.data_dir)
         cfg.classes = list(ds.class_names)
     if not cfg.vocab_size:
@@ -206,8 +307,23 @@ def build(cfg: Config, run_dir=None) -> torch.nn.Module:
     elif run_dir is not None:
         vocabulary(cfg, run_dir)  # a saved run: read its vocabulary back
     mc = cfg.model_cfg
-    mc.vocab_size, mc.n_classes, mc.pad_id = cfg.vocab_size, len(cfg.classes), 0
-    return MODELS[cfg.model][1](mc)
+    mc.n_classes, mc.pad_id = len(cfg.classes), 0
+    if cfg.model == "bert" and cfg.tokenizer == "pretrained":
+        # an imported checkpoint's embedding may be padded past its tokenizer
+        if cfg.vocab_size > mc.vocab_size:
+            raise ConfigError(f"the tokenizer has {cfg.vocab_size} tokens but the encoder only "
+                              f"{mc.vocab_size} embeddings")
+    else:
+        mc.vocab_size = cfg.vocab_size
+    if cfg.model == "bert" and cfg.max_len > mc.max_len:
+        raise ConfigError(f"max_len={cfg.max_len} is longer than the encoder's {mc.max_len} "
+                          f"positions; set max_len <= {mc.max_len}")
+    model = MODELS[cfg.model][1](mc)
+    if cfg.init_embeddings and fresh:
+        from genforge.recipes.word_embeddings import init_embeddings
+
+        init_embeddings(model, vocabulary(cfg), cfg.init_embeddings)
+    return model
 
 
 def batches(cfg: Config, split: str, start_step: int = 0, model=None):
