@@ -45,6 +45,22 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from genforge import __version__
+
+        typer.echo(f"genforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """genforge: train, evaluate, explain, generate with and serve deep-learning models."""
+
+
 @app.command("list")
 def list_cmd(
     name: Optional[str] = typer.Argument(None, help="a recipe or preset: list its config keys "
@@ -89,6 +105,9 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="override a config key: key=value (repeatable), e.g. lr=3e-4 model.n_layer=6"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (default runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory exactly where it stopped"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start again in an existing --out: the "
+                                   "old run is moved aside and deleted once the new run saves its "
+                                   "first checkpoint (put back if the new run fails before that)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for named datasets"),
     help_: bool = typer.Option(False, "--help", help="show this message and exit; after a RECIPE "
                                "or PRESET also every config key with its value, type and meaning"),
@@ -112,7 +131,13 @@ def train(
     if data_dir is not None:
         overrides["data_dir"] = str(data_dir)
     if resume is not None:
+        if overwrite:
+            raise typer.BadParameter("--resume continues a run and --overwrite starts it again; pass one")
         rname, recipe_mod, cfg = ckpt.read_config(resume)
+        if ckpt.latest_dir(resume) is None:
+            raise ckpt.RunError(f"cannot resume: {resume} holds no checkpoint (the run stopped before "
+                                f"its first save); start it again without --resume: genforge train "
+                                f"{rname} --out {resume} --overwrite")
         C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)
         run_dir = resume
     else:
@@ -125,13 +150,33 @@ def train(
         if run_dir.exists() and not run_dir.is_dir():
             raise ckpt.RunError(f"--out {run_dir} is a file, not a run directory; choose another "
                                 "--out (nothing was overwritten)")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             raise ckpt.RunError(f"{run_dir} already exists and is not empty; pass --resume "
-                                f"{run_dir} to continue it, or choose another --out (nothing was overwritten)")
-    typer.echo(f"recipe {rname} -> {run_dir}\nconfig:\n{C.format_config(cfg)}")
+                                f"{run_dir} to continue it, --overwrite to start it again, or choose "
+                                "another --out (nothing was overwritten)")
+    _check_data_name(cfg.data)
+    typer.echo(f"recipe {rname} -> {run_dir}")  # the config is printed once the data filled it in
     t0 = time.perf_counter()
-    fit(rname, cfg, run_dir, resume=resume is not None, log=typer.echo)
+    fit(rname, cfg, run_dir, resume=resume is not None, log=typer.echo, overwrite=overwrite)
     typer.echo(f"done in {time.perf_counter() - t0:.1f}s: {run_dir}")
+
+
+def _check_data_name(data: str) -> None:
+    """A mistyped dataset name (not a path, close to a named dataset) gets a suggestion here;
+    anything else is left to the recipe, which knows what its own files look like."""
+    from genforge.config import ConfigError, did_you_mean
+    from genforge.data.registry import DATASETS
+
+    if not data or data in DATASETS or Path(data).exists():
+        return
+    if "+" in data:  # several corpora joined (word-embeddings): check each
+        for part in data.split("+"):
+            _check_data_name(part.strip())
+        return
+    hint = did_you_mean(data, DATASETS)
+    if hint:
+        raise ConfigError(f"data={data!r} is neither a named dataset nor an existing path;{hint} "
+                          f"(named datasets: {', '.join(DATASETS)})")
 
 
 def _evaluate_run(run: Path, split: str, checkpoint: str, extra: dict | None = None) -> dict:
@@ -566,3 +611,14 @@ def merge(
     merge_run(run, out, checkpoint, log=typer.echo)
 
 
+@app.command()
+def quickstart(
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/quickstart-<time>)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for datasets"),
+) -> None:
+    """Train a small CNN on Fashion-MNIST for one epoch and print its test metrics."""
+    run_dir = out or Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    train(ctx=None, recipe="quickstart", set_=[], out=run_dir, resume=None, overwrite=False,
+          data_dir=data_dir, help_=False)
+    typer.echo("")
+    _evaluate_run(run_dir, "test", "best")

@@ -9,20 +9,39 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import io
 import json
+import math
 import textwrap
 import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 
 class ConfigError(ValueError):
     """A config key or value the user gave is wrong; the message says how to fix it."""
+
+
+def did_you_mean(name: str, choices: Any) -> str:
+    """` did you mean 'x'?` for the closest of `choices` to a mistyped `name`, else ``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" did you mean {close[0]!r}?" if close else ""
+
+
+# A numeric field declares its range next to it as `Annotated[int, "[1, inf)"]`: interval
+# notation, `[`/`]` closed and `(`/`)` open ends, `inf` for no bound; on a tuple field the
+# range applies to each element. A plain string, so that model files (which import nothing
+# outside torch and the standard library) declare ranges the same way. `check_value` reads
+# it whenever a key is set and `check_ranges` for a whole config.
+POSITIVE = "(0, inf)"  # the usual ranges, named for reading
+AT_LEAST_0 = "[0, inf)"
+AT_LEAST_1 = "[1, inf)"
+FRACTION = "[0, 1)"  # dropout, decays: 1 would zero (or freeze) everything
 
 
 @dataclass
@@ -31,42 +50,46 @@ class TrainConfig:
 
     model: str = ""  # model family name, e.g. "cnn", "gpt"; its settings are `model.<key>`
     data: str = ""  # dataset name or a path to the user's own files
-    max_steps: int = 0  # optimizer updates; 0 = derive from `epochs`
-    epochs: float = 1.0  # used when max_steps == 0
+    max_steps: Annotated[int, AT_LEAST_0] = 0  # optimizer updates; 0 = derive from `epochs`
+    epochs: Annotated[float, POSITIVE] = 1.0  # used when max_steps == 0
 
     # wall-clock budget of the training loop in minutes (evaluations and saves included), 0 =
     # none: training stops when it is spent, or at max_steps / epochs if that comes first, and
     # the cosine schedule follows whichever of steps and time is further along, so the LR
     # reaches its floor at the end of the budget however fast the machine runs
-    max_minutes: float = 0.0
-    batch_size: int = 64  # examples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer update
-    lr: float = 1e-3  # peak learning rate (after warmup)
+    max_minutes: Annotated[float, AT_LEAST_0] = 0.0
+    batch_size: Annotated[int, AT_LEAST_1] = 64  # examples per micro-batch
+    grad_accum: Annotated[int, AT_LEAST_1] = 1  # micro-batches per optimizer update
+    lr: Annotated[float, AT_LEAST_0] = 1e-3  # peak learning rate (after warmup)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = 0.9  # SGD only
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW
+    momentum: Annotated[float, FRACTION] = 0.9  # SGD only
+    betas: Annotated[tuple[float, float], FRACTION] = (0.9, 0.999)  # Adam/AdamW
     schedule: Literal["constant", "step", "cosine"] = "cosine"  # cosine = warmup + cosine
-    warmup_steps: int = 0  # linear warmup from 0 to `lr` over this many updates
-    min_lr: float = 0.0  # floor of the cosine schedule
-    step_size: int = 1000  # `step` schedule: multiply lr by `gamma` every step_size updates
-    gamma: float = 0.1  # `step` schedule: the lr multiplier
-    weight_decay: float = 0.0  # decoupled (AdamW-style) L2
-    l1: float = 0.0  # explicit penalty l1 * sum|w| added to the loss
-    l2: float = 0.0  # explicit penalty l2 * sum w^2 added to the loss (J + lambda * sum w^2)
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    ema: float = 0.0  # decay of a moving average of the weights (e.g. 0.999), 0 = off; when on,
+    warmup_steps: Annotated[int, AT_LEAST_0] = 0  # linear warmup from 0 to `lr` over this many updates
+    # linear warmup over this fraction of the run (of max_steps, or of max_minutes when the time
+    # budget is further along), so short and time-limited runs warm up too; used when
+    # warmup_steps is 0
+    warmup_ratio: Annotated[float, FRACTION] = 0.0
+    min_lr: Annotated[float, AT_LEAST_0] = 0.0  # floor of the cosine schedule
+    step_size: Annotated[int, AT_LEAST_1] = 1000  # `step` schedule: multiply lr by `gamma` every step_size updates
+    gamma: Annotated[float, POSITIVE] = 0.1  # `step` schedule: the lr multiplier
+    weight_decay: Annotated[float, AT_LEAST_0] = 0.0  # decoupled (AdamW-style) L2
+    l1: Annotated[float, AT_LEAST_0] = 0.0  # explicit penalty l1 * sum|w| added to the loss
+    l2: Annotated[float, AT_LEAST_0] = 0.0  # explicit penalty l2 * sum w^2 added to the loss (J + lambda * sum w^2)
+    grad_clip: Annotated[float, AT_LEAST_0] = 0.0  # max global grad norm; 0 = off
+    ema: Annotated[float, FRACTION] = 0.0  # decay of a moving average of the weights (e.g. 0.999), 0 = off; when on,
     # evaluation, samples, best.safetensors and `genforge generate` use the averaged weights
-    seed: int = 0  # seeds Python's random, numpy and torch (initial weights, data order)
+    seed: Annotated[int, "[0, 4294967295]"] = 0  # seeds Python's random, numpy and torch (initial weights, data order)
     deterministic: bool = False  # torch.use_deterministic_algorithms
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     compile: bool = False  # torch.compile (opt-in)
-    eval_every: int = 0  # 0 = once per epoch (or at the end)
-    eval_batches: int = 0  # 0 = the whole validation split
-    log_every: int = 50  # print and record the training loss every N updates
-    save_every: int = 0  # 0 = at every evaluation
+    eval_every: Annotated[int, AT_LEAST_0] = 0  # 0 = once per epoch (or at the end)
+    eval_batches: Annotated[int, AT_LEAST_0] = 0  # 0 = the whole validation split
+    log_every: Annotated[int, AT_LEAST_1] = 50  # print and record the training loss every N updates
+    save_every: Annotated[int, AT_LEAST_0] = 0  # 0 = at every evaluation
     metric: str = "val_loss"  # what `best` and early stopping watch
     metric_mode: Literal["min", "max"] = "min"  # whether a lower or a higher `metric` is better
-    patience: int = 0  # early stopping: evaluations without improvement; 0 = off
+    patience: Annotated[int, AT_LEAST_0] = 0  # early stopping: evaluations without improvement; 0 = off
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
     plots: bool = True  # loss/metric curves PNG at the end
 
@@ -78,9 +101,9 @@ class TrainConfig:
     # parameters that do not train: comma-separated name prefixes or globs, e.g. `features`
     # or `blocks.0.*,tok_emb`; a pattern matching no parameter is an error
     freeze: str = ""
-    lora_r: int = 0  # LoRA adapter rank (needs init_from; only adapters train); 0 = full fine-tuning
-    lora_alpha: float = 0.0  # LoRA scale numerator: updates are scaled by lora_alpha / lora_r; 0 = lora_r
-    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_r: Annotated[int, AT_LEAST_0] = 0  # LoRA adapter rank (needs init_from; only adapters train); 0 = full fine-tuning
+    lora_alpha: Annotated[float, AT_LEAST_0] = 0.0  # LoRA scale numerator: updates are scaled by lora_alpha / lora_r; 0 = lora_r
+    lora_dropout: Annotated[float, FRACTION] = 0.0  # dropout on the adapters' input
     # layers that get adapters: q,k,v (attention's query/key/value rows), o (its output
     # projection), other names match linear layers by name (Llama's MLP: gate, up, down)
     lora_targets: str = "q,k,v,o,gate,up,down"
@@ -182,6 +205,82 @@ def field_names(cfg: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval parsed from a field's `Annotated[..., "[lo, hi)"]` declaration."""
+
+    text: str
+    lo: float
+    hi: float
+    lo_closed: bool
+    hi_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "Range":
+        t = text.strip()
+        if len(t) < 5 or t[0] not in "[(" or t[-1] not in ")]" or t.count(",") != 1:
+            raise ValueError(f"range {text!r} is not in interval notation like '[0, 1)'")
+        lo, hi = (float(x) for x in t[1:-1].split(","))  # float() reads inf and -inf
+        return cls(t, lo, hi, t[0] == "[", t[-1] == "]")
+
+    def contains(self, v: float) -> bool:
+        above = v >= self.lo if self.lo_closed else v > self.lo
+        below = v <= self.hi if self.hi_closed else v < self.hi
+        return above and below
+
+    def describe(self) -> str:
+        """`>= 1`, `> 0`, `in [0, 1)`: how the range reads in messages and help."""
+        def num(x: float) -> str:
+            return f"{x:g}" if abs(x) < 1e6 else str(int(x))
+        if self.hi == math.inf:
+            return f"{'>=' if self.lo_closed else '>'} {num(self.lo)}"
+        return f"in {self.text}"
+
+
+@functools.lru_cache(maxsize=None)
+def field_range(cls: type, name: str) -> Range | None:
+    """The declared range of field `name`: from the first class in the MRO whose annotation
+    of it carries one (a recipe that redeclares `max_steps: int = 2000` to change the default
+    keeps TrainConfig's range)."""
+    for klass in cls.__mro__:
+        if name not in vars(klass).get("__annotations__", {}):
+            continue
+        hint = typing.get_type_hints(klass, include_extras=True).get(name)
+        if typing.get_origin(hint) is Annotated:
+            for meta in hint.__metadata__:
+                if isinstance(meta, str):
+                    return Range.parse(meta)
+    return None
+
+
+def check_value(key: str, value: Any, rng: Range | None) -> None:
+    """ConfigError naming `key` and its range when `value` (or an element of a tuple
+    value) lies outside it."""
+    if rng is None or value is None:
+        return
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isnan(v) or not rng.contains(v):
+            raise ConfigError(f"{key}={_format_value(value)} is out of range: {key} must be "
+                              f"{rng.describe()}")
+
+
+def check_ranges(cfg: TrainConfig) -> TrainConfig:
+    """Check every field of `cfg` (and of its model config) against its declared range;
+    for configs built in Python, whose fields were set without `apply_overrides`."""
+    for prefix, obj in (("", cfg), ("model.", cfg.model_cfg)):
+        if obj is None:
+            continue
+        for name in field_names(obj):
+            check_value(prefix + name, getattr(obj, name), field_range(type(obj), name))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------
 # building configs
 
 
@@ -199,18 +298,20 @@ def _set_one(cfg: TrainConfig, key: str, value: Any, from_text: bool, models: di
         target, name = cfg, key
     if target is None or name not in field_names(target) or name == "model_cfg":
         raise ConfigError(
-            f"unknown config key {key!r}. Valid keys for model {cfg.model!r}: "
-            + ", ".join(valid_keys(cfg))
+            f"unknown config key {key!r};{did_you_mean(key, valid_keys(cfg))} Valid keys for "
+            f"model {cfg.model!r}: " + ", ".join(valid_keys(cfg))
         )
     tp = _hints(type(target))[name]
     try:
         parsed = parse_value(value, tp) if from_text else _coerce(value, tp)
     except ValueError as e:
         raise ConfigError(f"bad value for {key!r}: {e}") from None
+    check_value(key, parsed, field_range(type(target), name))
     if target is cfg and name == "model":
         if parsed not in models:
             raise ConfigError(
-                f"unknown model {parsed!r} for this recipe; choose one of: {', '.join(models)}"
+                f"unknown model {parsed!r} for this recipe;{did_you_mean(parsed, models)} "
+                f"choose one of: {', '.join(models)}"
             )
         if parsed != cfg.model or cfg.model_cfg is None:
             cfg.model_cfg = models[parsed][0]()
@@ -244,7 +345,8 @@ def make_config(recipe: Any, overrides: dict[str, Any] | None = None,
     cfg = recipe.Config()
     if cfg.model_cfg is None:
         cfg.model_cfg = recipe.MODELS[cfg.model][0]()
-    return apply_overrides(cfg, dict(overrides or {}), recipe.MODELS, from_text)
+    apply_overrides(cfg, dict(overrides or {}), recipe.MODELS, from_text)
+    return check_ranges(cfg)  # the defaults too: a preset or recipe default out of range is a bug
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -275,6 +377,23 @@ def flat_items(cfg: TrainConfig) -> list[tuple[str, Any]]:
 
 def format_config(cfg: TrainConfig) -> str:
     return "\n".join(f"  {k} = {v!r}" for k, v in flat_items(cfg))
+
+
+def _short_value(v: Any, most: int = 10) -> str:
+    if isinstance(v, (tuple, list)) and len(v) > most:  # e.g. 100 class names
+        return ",".join(map(str, v[:most])) + f",... ({len(v)} items)"
+    return _format_value(v)
+
+
+def format_config_compact(cfg: TrainConfig, recipe: Any, width: int = 100) -> str:
+    """The keys whose values differ from `recipe`'s defaults for the same model family (what
+    a preset, --set and the data filled in), as `key=value` wrapped into a few lines; the
+    whole config is in the run's config.json."""
+    base = dict(flat_items(make_config(recipe, {"model": cfg.model})))
+    items = [f"{k}={_short_value(v)}" for k, v in flat_items(cfg)
+             if k in ("model", "data") or base.get(k) != v]
+    return textwrap.fill("  ".join(items), width, initial_indent="  ", subsequent_indent="  ",
+                         break_long_words=False, break_on_hyphens=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -385,7 +504,9 @@ def _key_lines(prefix: str, obj: Any, names: list[str], changed: set[str],
     for name in names:
         key = prefix + name
         mark = "*" if key in changed else " "
-        head = f" {mark}{key} = {_format_value(getattr(obj, name))}  ({type_name(hints[name])})"
+        rng = field_range(type(obj), name)
+        kind = type_name(hints[name]) + (f", {rng.describe()}" if rng else "")
+        head = f" {mark}{key} = {_format_value(getattr(obj, name))}  ({kind})"
         out.append(head)
         if notes.get(name):
             out += textwrap.wrap(notes[name], width, initial_indent=" " * 6,
@@ -428,7 +549,8 @@ def format_keys(name: str, recipe: Any, preset: dict[str, Any] | None = None) ->
 
 
 __all__ = [
-    "ConfigError", "TrainConfig", "apply_overrides", "field", "field_comments", "format_config",
+    "ConfigError", "Range", "did_you_mean", "TrainConfig", "apply_overrides", "check_ranges", "check_value", "field",
+    "field_comments", "field_range", "format_config", "format_config_compact",
     "format_keys", "from_dict", "make_config", "parse_sets", "parse_value", "to_dict",
     "valid_keys",
 ]

@@ -30,7 +30,7 @@ def test_train_eval_predict_runs(tmp_path, data_root):
     tiny = ["--set", "max_steps=6", "--set", "train_limit=300", "--set", "eval_every=3",
             "--set", "model.channels=4,8", "--set", "model.dense=8", "--set", "batch_size=32"]
     p = gf("train", "quickstart", *tiny, "--out", "runs/q", cwd=tmp_path)
-    assert "model.channels = (4, 8)" in p.stdout  # resolved config is printed
+    assert "model.channels=4,8" in p.stdout  # resolved config is printed
     run = tmp_path / "runs" / "q"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["recipe"] == "image-classify" and cfg["classes"][7] == "sneaker"
@@ -99,12 +99,75 @@ def test_recipe_help_lists_every_key_with_its_comment(tmp_path):
     p = gf("train", "image-classify", "--help", cwd=tmp_path)
     assert "Usage" in p.stdout and "--set KEY=VALUE" in p.stdout
     lines = p.stdout.splitlines()
-    lr = lines.index("  lr = 0.001  (float)")
+    lr = lines.index("  lr = 0.001  (float, >= 0)")
     assert "learning rate" in lines[lr + 1]
-    drop = lines.index("  model.dropout = 0.0  (float)")  # the first family's (mlp)
+    drop = lines.index("  model.dropout = 0.0  (float, in [0, 1))")  # the first family's (mlp)
     assert "dropout probability" in lines[drop + 1]
     assert "model.<key> of family resnet (--set model=resnet):" in lines
     # `genforge list RECIPE` prints the same listing; a preset shows its own values
     assert gf("list", "image-classify", cwd=tmp_path).stdout.strip() in p.stdout
     p = gf("list", "cnn-fashion", cwd=tmp_path)
-    assert " *model.channels = 32,64,128  (int,...)" in p.stdout.splitlines()
+    assert " *model.channels = 32,64,128  (int,..., >= 1)" in p.stdout.splitlines()
+
+
+# ---------------------------------------------------------------------------------------
+# issue 17: validated settings, recoverable runs, conventions
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("batch_size=0", "batch_size=0 is out of range: batch_size must be >= 1"),
+    ("epochs=-1", "epochs must be > 0"),
+    ("max_steps=-5", "max_steps must be >= 0"),
+    ("lr=-1", "lr must be >= 0"),
+    ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+])
+def test_out_of_range_setting_is_one_error_line_and_writes_nothing(tmp_path, setting, message):
+    p = gf("train", "mlp-digits", "--set", setting, "--out", "r", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and message in p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_failed_run_does_not_block_its_out_and_overwrite_restarts(tmp_path):
+    bad = gf("train", "mlp-digits", "--set", "max_steps=2", "--set", "metric=val_nope", "--out", "r",
+             cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and not (tmp_path / "r").exists()
+    gf("train", "mlp-digits", "--set", "max_steps=2", "--out", "r", cwd=tmp_path)
+    p = gf("train", "mlp-digits", "--set", "max_steps=2", "--out", "r", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "--overwrite" in p.stderr
+    p = gf("train", "mlp-digits", "--set", "max_steps=3", "--out", "r", "--overwrite", cwd=tmp_path)
+    assert max(r["step"] for r in read_metrics(tmp_path / "r")) == 3
+    assert "--overwrite" in gf("train", "--help", cwd=tmp_path).stdout
+
+
+def test_resume_of_a_run_without_checkpoint_says_to_run_without_resume(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = {"recipe": "image-classify", "model": "mlp", "data": "digits"}
+    (run / "config.json").write_text(json.dumps(cfg))  # what a run killed before its first save left
+    p = gf("train", "--resume", "r", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "holds no checkpoint" in p.stderr and "without --resume" in p.stderr
+
+
+def test_version_and_did_you_mean(tmp_path):
+    from genforge import __version__
+
+    assert gf("--version", cwd=tmp_path).stdout.strip() == f"genforge {__version__}"
+    p = gf("train", "mlp-digits", "--set", "data=digts", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "did you mean 'digits'?" in p.stderr
+    p = gf("train", "mlp-digit", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "did you mean 'mlp-digits'?" in p.stderr
+
+
+def test_training_summary_and_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = gf("train", "mlp-digits", "--set", "max_steps=2", "--out", "r", cwd=tmp_path)
+    finally:
+        os.umask(old)
+    out = p.stdout
+    assert "data: digits:" in out and "parameters, on cpu" in out and "training: 2 steps" in out
+    config_block = out.split("config (")[1].split("training:")[0]
+    assert len(config_block.strip().splitlines()) <= 8 and "model.n_classes=10" in config_block
+    for name in ("config.json", "metrics.jsonl"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name

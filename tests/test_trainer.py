@@ -1,5 +1,6 @@
 """Trainer behaviour: exact resume, regularisation, schedules, early stopping, safety."""
 import math
+import re
 
 import pytest
 import torch
@@ -159,7 +160,7 @@ def test_ema_errors_are_clear(tmp_path):
 def test_bad_model_setting_is_a_config_error_and_leaves_no_run(tmp_path):
     from genforge.config import ConfigError
 
-    with pytest.raises(ConfigError, match="dropout probability.*model.\\* settings"):
+    with pytest.raises(ConfigError, match=r"model.dropout=-1.0 is out of range: model.dropout must be in \[0, 1\)"):
         fit("image-classify", _cfg(**{"model.dropout": -1.0}), tmp_path / "bad", **QUIET)
     assert not (tmp_path / "bad").exists()
 
@@ -329,3 +330,107 @@ def test_an_update_that_declares_grad_accum_gets_it(tmp_path, monkeypatch):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     assert [r["examples"] for r in ckpt.read_metrics(own) if "examples" in r] == [2 * 16, 4 * 16]
+
+
+# ---------------------------------------------------------------------------------------
+# issue 17: recoverable runs, schedules that fit short runs, what is being built
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    from genforge.config import ConfigError
+
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="val_nope"):  # fails at the first evaluation
+        fit("image-classify", _cfg(metric="val_nope"), run, **QUIET)
+    assert not run.exists()
+    fit("image-classify", _cfg(max_steps=2), run, **QUIET)  # the same --out works again
+    assert ckpt.latest_dir(run) is not None
+
+
+def test_overwrite_restarts_and_a_failing_restart_loses_nothing(tmp_path):
+    from genforge.config import ConfigError
+
+    run = tmp_path / "run"
+    fit("image-classify", _cfg(max_steps=2), run, **QUIET)
+    old = (run / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError):
+        fit("image-classify", _cfg(metric="val_nope"), run, overwrite=True, **QUIET)
+    assert (run / "model.safetensors").read_bytes() == old  # the old run is back
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    lines = []
+    fit("image-classify", _cfg(max_steps=4), run, overwrite=True, log=lines.append)
+    assert torch.load(ckpt.latest_dir(run) / "trainer_state.pt", weights_only=True)["step"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the old one is gone
+    assert any("--overwrite" in s for s in lines)
+
+
+def test_config_built_in_python_out_of_range_writes_nothing(tmp_path):
+    from genforge.config import ConfigError
+
+    cfg = _cfg()
+    cfg.batch_size = 0
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        fit("image-classify", cfg, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_warmup_ratio_is_a_fraction_of_steps():
+    """0.025 of 8000 steps is gpt-shakespeare's old 200 warmup steps: the same schedule."""
+    by_ratio = make_config(IC, {"warmup_steps": 0, "warmup_ratio": 0.025, "min_lr": 1e-4})
+    by_steps = make_config(IC, {"warmup_steps": 200, "min_lr": 1e-4})
+    for step in (0, 1, 99, 199, 200, 201, 4000, 7999):
+        assert lr_factor(step, by_ratio, 8000) == pytest.approx(lr_factor(step, by_steps, 8000)), step
+    assert lr_factor(0, by_ratio, 60) == pytest.approx(1 / 1.5)  # 60 steps: warmup of 1.5 steps
+    assert lr_factor(2, by_ratio, 60) < 1.0 and lr_factor(59, by_ratio, 60) < 0.11  # at the floor (0.1)
+
+
+def test_warmup_ratio_follows_time_when_time_is_further_along():
+    cfg = make_config(IC, {"warmup_ratio": 0.1, "min_lr": 0.0})
+    # 93 of 8000 steps done but 5% of the time budget spent: half way through the warmup
+    assert lr_factor(93, cfg, 8000, time_frac=0.05) == pytest.approx(0.5)
+    assert lr_factor(93, cfg, 8000, time_frac=0.1) == pytest.approx(1.0)  # warmup over
+    mid = lr_factor(93, cfg, 8000, time_frac=0.55)  # half of the decay: (0.55 - 0.1) / 0.9
+    assert mid == pytest.approx(0.5)
+    assert lr_factor(93, cfg, 8000, time_frac=1.0) == pytest.approx(0.0)  # the floor at the end
+
+
+def test_warmup_longer_than_the_run_is_warned_about(tmp_path):
+    lines = []
+    fit("image-classify", _cfg(max_steps=2, warmup_steps=100), tmp_path / "r", log=lines.append)
+    assert any("warmup_steps=100" in s and "never reaches" in s for s in lines)
+
+
+def test_resume_with_a_longer_run_says_the_schedule_is_stretched(tmp_path):
+    fit("image-classify", _cfg(max_steps=4, warmup_steps=0), tmp_path / "r", **QUIET)
+    lines = []
+    fit("image-classify", _cfg(max_steps=8, warmup_steps=0), tmp_path / "r", resume=True,
+        log=lines.append)
+    assert any("planned for 4 steps" in s and "stretched" in s for s in lines)
+
+
+def test_training_prints_what_it_found_and_builds(tmp_path):
+    lines = []
+    fit("image-classify", _cfg(max_steps=2), tmp_path / "r", log=lines.append)
+    text = "\n".join(lines)
+    assert "parameters, on cpu" in text
+    assert re.search(r"data: fashion-mnist: train [\d,]+, val [\d,]+, test [\d,]+ images of 1x28x28", text)
+    assert re.search(r"data: 10 classes, training images per class: t-shirt \d+, trouser", text)
+    assert "model.n_classes=10" in text and "classes=t-shirt,trouser" in text  # filled values
+
+
+def test_progress_lines_without_a_terminal():
+    from genforge.train.trainer import _NoBar
+
+    lines = []
+    bar = _NoBar(total=100, initial=10, log=lines.append, every_s=0.0)
+    bar.update(1)
+    assert lines and lines[0].startswith("progress: step 11/100")
+
+
+def test_counts_stay_integers_in_the_log(tmp_path):
+    rl = get_recipe("reinforce")
+    cfg = make_config(rl, {**rl.TEST_CONFIG, "eval_episodes": 2})
+    lines = []
+    fit("reinforce", cfg, tmp_path / "r", log=lines.append)
+    ev = [s for s in lines if s.startswith("eval ")]
+    assert ev and "val_episodes=2 " in ev[-1] + " "

@@ -178,7 +178,9 @@ def candidates(name: str, filename: str, data_dir=None) -> list[Path]:
 
 def get(name: str) -> Dataset:
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; named datasets: {', '.join(DATASETS)} "
+        from genforge.config import did_you_mean
+
+        raise DataError(f"unknown dataset {name!r};{did_you_mean(name, DATASETS)} named datasets: {', '.join(DATASETS)} "
                         "(or pass a path to your own files)")
     return DATASETS[name]
 

@@ -13,6 +13,7 @@ so a classifier that also keeps one under `bert.` can start from an embedding ru
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -23,16 +24,16 @@ from genforge.models.attention import MultiHeadAttention
 
 @dataclass
 class BertConfig:
-    vocab_size: int = 30522  # filled from the tokenizer when training from scratch
-    max_len: int = 512  # positions the encoder has embeddings for
-    type_vocab_size: int = 2  # segment ids (sentence A / B)
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 128
-    intermediate: int = 512  # MLP width (4 x d_model in BERT)
-    ln_eps: float = 1e-12  # BERT's LayerNorm epsilon
-    dropout: float = 0.1  # on embeddings, attention weights and block outputs while training
-    pad_id: int = 0
+    vocab_size: Annotated[int, "[0, inf)"] = 30522  # filled from the tokenizer when training from scratch
+    max_len: Annotated[int, "[1, inf)"] = 512  # positions the encoder has embeddings for
+    type_vocab_size: Annotated[int, "[1, inf)"] = 2  # segment ids (sentence A / B)
+    n_layer: Annotated[int, "[1, inf)"] = 2
+    n_head: Annotated[int, "[1, inf)"] = 4
+    d_model: Annotated[int, "[1, inf)"] = 128
+    intermediate: Annotated[int, "[1, inf)"] = 512  # MLP width (4 x d_model in BERT)
+    ln_eps: Annotated[float, "(0, inf)"] = 1e-12  # BERT's LayerNorm epsilon
+    dropout: Annotated[float, "[0, 1)"] = 0.1  # on embeddings, attention weights and block outputs while training
+    pad_id: Annotated[int, "[0, inf)"] = 0
     pooling: str = "mean"  # mean | cls: how a sentence vector is read off the hidden states
     normalize: bool = True  # L2-normalise sentence vectors (cosine similarity = dot product)
 

@@ -6,6 +6,7 @@ Learning") with batch norm, strong enough for >92% on Fashion-MNIST in minutes o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -16,14 +17,14 @@ from genforge.models.mlp import ACTIVATIONS
 
 @dataclass
 class CNNConfig:
-    channels: tuple[int, ...] = (32, 64, 64)  # one 3x3 conv per entry; pool after all but the last
-    dense: int = 64  # width of the hidden dense layer after the convolutions
+    channels: Annotated[tuple[int, ...], "[1, inf)"] = (32, 64, 64)  # one 3x3 conv per entry; pool after all but the last
+    dense: Annotated[int, "[1, inf)"] = 64  # width of the hidden dense layer after the convolutions
     activation: str = "relu"  # relu | gelu | tanh | sigmoid
     batch_norm: bool = False  # BatchNorm after each conv (Ioffe & Szegedy 2015)
-    dropout: float = 0.0  # dropout probability before and after the dense layer (training only)
-    in_channels: int = 0  # filled from the data
-    image_size: int = 0  # filled from the data (square side)
-    n_classes: int = 0  # filled from the data
+    dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout probability before and after the dense layer (training only)
+    in_channels: Annotated[int, "[0, inf)"] = 0  # filled from the data
+    image_size: Annotated[int, "[0, inf)"] = 0  # filled from the data (square side)
+    n_classes: Annotated[int, "[0, inf)"] = 0  # filled from the data
 
 
 class CNN(nn.Module):
@@ -58,13 +59,13 @@ class CNN(nn.Module):
 
 @dataclass
 class ResNetConfig:
-    widths: tuple[int, ...] = (32, 64, 128)  # one stage per entry; stride 2 between stages
-    blocks: int = 1  # residual blocks per stage
-    dropout: float = 0.0  # dropout probability on the pooled features (training only)
-    label_smoothing: float = 0.0  # target mass spread over all classes (Szegedy et al. 2016)
-    in_channels: int = 0  # filled from the data
-    image_size: int = 0
-    n_classes: int = 0
+    widths: Annotated[tuple[int, ...], "[1, inf)"] = (32, 64, 128)  # one stage per entry; stride 2 between stages
+    blocks: Annotated[int, "[1, inf)"] = 1  # residual blocks per stage
+    dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout probability on the pooled features (training only)
+    label_smoothing: Annotated[float, "[0, 1)"] = 0.0  # target mass spread over all classes (Szegedy et al. 2016)
+    in_channels: Annotated[int, "[0, inf)"] = 0  # filled from the data
+    image_size: Annotated[int, "[0, inf)"] = 0
+    n_classes: Annotated[int, "[0, inf)"] = 0
 
 
 class ResidualBlock(nn.Module):

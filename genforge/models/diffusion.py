@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -167,25 +167,25 @@ class UNet(nn.Module):
 
 @dataclass
 class DiffusionConfig:
-    image_size: int = 28  # filled by the recipe; divisible by 2**(len(channel_mult)-1)
-    channels: int = 1
-    n_classes: int = 0  # 0 = unconditional
-    base_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2)  # 28 -> 14 -> 7
-    n_res_blocks: int = 1
+    image_size: Annotated[int, "[0, inf)"] = 28  # filled by the recipe; divisible by 2**(len(channel_mult)-1)
+    channels: Annotated[int, "[0, inf)"] = 1
+    n_classes: Annotated[int, "[0, inf)"] = 0  # 0 = unconditional
+    base_channels: Annotated[int, "[1, inf)"] = 32
+    channel_mult: Annotated[tuple[int, ...], "[1, inf)"] = (1, 2, 2)  # 28 -> 14 -> 7
+    n_res_blocks: Annotated[int, "[1, inf)"] = 1
     # > 1: the U-Net works on patch_size x patch_size pixel blocks stacked as channels
     # (space-to-depth, as in patch-based diffusion models), patch_size**2 fewer positions
-    patch_size: int = 1
-    n_head: int = 4
-    dropout: float = 0.0
-    timesteps: int = 1000
+    patch_size: Annotated[int, "[1, inf)"] = 1
+    n_head: Annotated[int, "[1, inf)"] = 4
+    dropout: Annotated[float, "[0, 1)"] = 0.0
+    timesteps: Annotated[int, "[1, inf)"] = 1000
     schedule: Literal["linear", "cosine"] = "linear"
-    p_uncond: float = 0.1  # label dropout for classifier-free guidance (Ho & Salimans 2022)
+    p_uncond: Annotated[float, "[0, 1)"] = 0.1  # label dropout for classifier-free guidance (Ho & Salimans 2022)
 
     # loss weight min(SNR_t, gamma) / SNR_t per timestep ("Min-SNR", Hang et al. 2023): the
     # nearly noise-free timesteps, easy and conflicting with the rest, stop dominating the
     # gradient, which speeds up convergence; 0 = the plain unweighted objective
-    min_snr_gamma: float = 0.0
+    min_snr_gamma: Annotated[float, "[0, inf)"] = 0.0
 
 
 class Diffusion(nn.Module):

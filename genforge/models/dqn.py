@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -35,18 +36,18 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
 
 @dataclass
 class DQNConfig:
-    hidden: tuple[int, ...] = (64, 64)  # Q-network widths; CartPole needs no more
-    gamma: float = 0.99  # discount
+    hidden: Annotated[tuple[int, ...], "[1, inf)"] = (64, 64)  # Q-network widths; CartPole needs no more
+    gamma: Annotated[float, "[0, 1]"] = 0.99  # discount
     double: bool = True  # Double-DQN target: online net picks a', target net rates it
-    huber_delta: float = 1.0  # Huber (smooth L1) threshold; 0 = plain squared error
-    target_update_every: int = 128  # gradient steps between target syncs
-    tau: float = 1.0  # 1.0 = hard copy at each sync; < 1 = Polyak average at each sync
-    eps_start: float = 1.0  # epsilon-greedy exploration, linear in env steps
-    eps_end: float = 0.04
-    eps_steps: int = 8000  # env steps to anneal from eps_start to eps_end
-    buffer_size: int = 50_000  # replay capacity (transitions), used by the collector
-    obs_dim: int = 0  # filled from the environment by the recipe
-    n_actions: int = 0  # filled from the environment by the recipe
+    huber_delta: Annotated[float, "(0, inf)"] = 1.0  # Huber (smooth L1) threshold; 0 = plain squared error
+    target_update_every: Annotated[int, "[1, inf)"] = 128  # gradient steps between target syncs
+    tau: Annotated[float, "(0, 1]"] = 1.0  # 1.0 = hard copy at each sync; < 1 = Polyak average at each sync
+    eps_start: Annotated[float, "[0, 1]"] = 1.0  # epsilon-greedy exploration, linear in env steps
+    eps_end: Annotated[float, "[0, 1]"] = 0.04
+    eps_steps: Annotated[int, "[0, inf)"] = 8000  # env steps to anneal from eps_start to eps_end
+    buffer_size: Annotated[int, "[1, inf)"] = 50_000  # replay capacity (transitions), used by the collector
+    obs_dim: Annotated[int, "[0, inf)"] = 0  # filled from the environment by the recipe
+    n_actions: Annotated[int, "[0, inf)"] = 0  # filled from the environment by the recipe
 
 
 class DQN(nn.Module):

@@ -16,6 +16,7 @@ and the recipe owns the alternating update.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -35,12 +36,12 @@ def dcgan_init(m: nn.Module) -> None:
 
 @dataclass
 class GANConfig:
-    image_size: int = 28  # filled by the recipe from the data; must be divisible by 4
-    channels: int = 1
-    n_classes: int = 0  # 0 = unconditional
-    z_dim: int = 64
-    g_channels: int = 32  # c: the generator's widest map has 4c channels at size/4
-    d_channels: int = 32
+    image_size: Annotated[int, "[0, inf)"] = 28  # filled by the recipe from the data; must be divisible by 4
+    channels: Annotated[int, "[0, inf)"] = 1
+    n_classes: Annotated[int, "[0, inf)"] = 0  # 0 = unconditional
+    z_dim: Annotated[int, "[1, inf)"] = 64
+    g_channels: Annotated[int, "[1, inf)"] = 32  # c: the generator's widest map has 4c channels at size/4
+    d_channels: Annotated[int, "[1, inf)"] = 32
 
 
 class Generator(nn.Module):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn as nn
@@ -80,17 +80,17 @@ class Block(nn.Module):
 
 @dataclass
 class LlamaConfig:
-    vocab_size: int = 0  # filled from the tokenizer by the recipe (imported runs: the checkpoint's)
-    block_size: int = 256  # context length in tokens (the checkpoint's max_position_embeddings)
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 2  # key/value heads (grouped-query attention); = n_head: plain multi-head
-    d_model: int = 128  # hidden width
-    intermediate: int = 352  # SwiGLU width (Llama: about 8/3 * d_model)
-    head_dim: int = 0  # per-head width; 0 = d_model // n_head
-    rope_theta: float = 10000.0  # rotary base frequency
+    vocab_size: Annotated[int, "[0, inf)"] = 0  # filled from the tokenizer by the recipe (imported runs: the checkpoint's)
+    block_size: Annotated[int, "[1, inf)"] = 256  # context length in tokens (the checkpoint's max_position_embeddings)
+    n_layer: Annotated[int, "[1, inf)"] = 4
+    n_head: Annotated[int, "[1, inf)"] = 4
+    n_kv_head: Annotated[int, "[1, inf)"] = 2  # key/value heads (grouped-query attention); = n_head: plain multi-head
+    d_model: Annotated[int, "[1, inf)"] = 128  # hidden width
+    intermediate: Annotated[int, "[1, inf)"] = 352  # SwiGLU width (Llama: about 8/3 * d_model)
+    head_dim: Annotated[int, "[0, inf)"] = 0  # per-head width; 0 = d_model // n_head
+    rope_theta: Annotated[float, "(0, inf)"] = 10000.0  # rotary base frequency
     rope_scaling: Any = None  # None, or a dict: {"rope_type": "linear" | "llama3", "factor": ...}
-    rms_eps: float = 1e-5
+    rms_eps: Annotated[float, "(0, inf)"] = 1e-5
     tie_weights: bool = True  # head shares the token embedding (SmolLM2, Qwen2-0.5B; not Llama 2)
     attn_bias: bool = False  # biases on the q/k/v projections (Qwen2; Llama's attention_bias)
     attn_out_bias: bool = False  # bias on the attention output projection (Llama's attention_bias)

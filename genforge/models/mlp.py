@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -30,11 +30,11 @@ def mlp(sizes: list[int], activation: str = "relu", dropout: float = 0.0) -> nn.
 
 @dataclass
 class MLPConfig:
-    hidden: tuple[int, ...] = (64, 64)  # widths of the hidden layers; depth = len(hidden)
+    hidden: Annotated[tuple[int, ...], "[1, inf)"] = (64, 64)  # widths of the hidden layers; depth = len(hidden)
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
-    dropout: float = 0.0  # dropout probability after each hidden layer (training only)
-    in_features: int = 0  # filled from the data by the recipe (C*H*W)
-    n_classes: int = 0  # filled from the data by the recipe
+    dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout probability after each hidden layer (training only)
+    in_features: Annotated[int, "[0, inf)"] = 0  # filled from the data by the recipe (C*H*W)
+    n_classes: Annotated[int, "[0, inf)"] = 0  # filled from the data by the recipe
 
 
 class MLP(nn.Module):

@@ -9,6 +9,7 @@ returns the policy, value and entropy terms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -54,13 +55,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
 
 @dataclass
 class PolicyConfig:
-    hidden: tuple[int, ...] = (64, 64)  # widths of the actor and of the critic MLPs
-    gamma: float = 0.99
-    ent_coef: float = 0.0  # entropy bonus weight (exploration)
-    vf_coef: float = 0.5  # value/baseline loss weight
+    hidden: Annotated[tuple[int, ...], "[1, inf)"] = (64, 64)  # widths of the actor and of the critic MLPs
+    gamma: Annotated[float, "[0, 1]"] = 0.99
+    ent_coef: Annotated[float, "[0, inf)"] = 0.0  # entropy bonus weight (exploration)
+    vf_coef: Annotated[float, "[0, inf)"] = 0.5  # value/baseline loss weight
     normalize_advantages: bool = False
-    obs_dim: int = 0  # filled from the environment by the recipe
-    n_actions: int = 0  # filled from the environment by the recipe
+    obs_dim: Annotated[int, "[0, inf)"] = 0  # filled from the environment by the recipe
+    n_actions: Annotated[int, "[0, inf)"] = 0  # filled from the environment by the recipe
 
 
 @dataclass
@@ -70,7 +71,7 @@ class ReinforceConfig(PolicyConfig):
 
 @dataclass
 class A2CConfig(PolicyConfig):
-    gae_lambda: float = 1.0  # 1.0 = plain n-step advantages; e.g. 0.95 = GAE
+    gae_lambda: Annotated[float, "[0, 1]"] = 1.0  # 1.0 = plain n-step advantages; e.g. 0.95 = GAE
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ prompt is read once and each generated token costs one cell update.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -31,14 +31,14 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 class RNNConfig:
     """Defaults: the gru-shakespeare preset's size, which trains in minutes on 2 CPU cores."""
 
-    vocab_size: int = 0  # filled from the tokenizer by the recipe
+    vocab_size: Annotated[int, "[0, inf)"] = 0  # filled from the tokenizer by the recipe
     cell: Literal["rnn", "lstm", "gru"] = "gru"
-    embed_size: int = 64
-    hidden_size: int = 256
-    n_layer: int = 2
-    dropout: float = 0.0
+    embed_size: Annotated[int, "[1, inf)"] = 64
+    hidden_size: Annotated[int, "[1, inf)"] = 256
+    n_layer: Annotated[int, "[1, inf)"] = 2
+    dropout: Annotated[float, "[0, 1)"] = 0.0
     tie_weights: bool = False  # adds a hidden -> embed projection when sizes differ
-    block_size: int = 128  # training window length (truncated backprop through time)
+    block_size: Annotated[int, "[1, inf)"] = 128  # training window length (truncated backprop through time)
 
 
 class RNNLM(nn.Module):

@@ -8,6 +8,7 @@ All sequences have the same length, so no packing is needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -19,13 +20,13 @@ _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 @dataclass
 class SeqImageConfig:
     cell: str = "gru"  # rnn | lstm | gru
-    in_channels: int = 1  # channels are concatenated per row: input size = channels * width
-    width: int = 28  # filled from the data
-    hidden: int = 128
-    n_layers: int = 1
+    in_channels: Annotated[int, "[0, inf)"] = 1  # channels are concatenated per row: input size = channels * width
+    width: Annotated[int, "[0, inf)"] = 28  # filled from the data
+    hidden: Annotated[int, "[1, inf)"] = 128
+    n_layers: Annotated[int, "[1, inf)"] = 1
     bidirectional: bool = False
-    dropout: float = 0.0  # between stacked layers and before the head
-    n_classes: int = 10
+    dropout: Annotated[float, "[0, 1)"] = 0.0  # between stacked layers and before the head
+    n_classes: Annotated[int, "[0, inf)"] = 10
 
 
 class RowSequenceClassifier(nn.Module):

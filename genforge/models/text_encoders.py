@@ -24,6 +24,7 @@ embeddings, and `.attention` (last forward's attention weights) where it has the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -94,50 +95,50 @@ class TextClassifier(nn.Module):
 class TextConfig:
     """Fields every encoder has. `vocab_size` and `n_classes` are filled from the data."""
 
-    vocab_size: int = 1000
-    n_classes: int = 2
-    pad_id: int = 0
-    emb_dim: int = 128
-    dropout: float = 0.5
-    emb_dropout: float = 0.0  # dropout on the word vectors (training only)
+    vocab_size: Annotated[int, "[0, inf)"] = 1000
+    n_classes: Annotated[int, "[0, inf)"] = 2
+    pad_id: Annotated[int, "[0, inf)"] = 0
+    emb_dim: Annotated[int, "[1, inf)"] = 128
+    dropout: Annotated[float, "[0, 1)"] = 0.5
+    emb_dropout: Annotated[float, "[0, 1)"] = 0.0  # dropout on the word vectors (training only)
 
 
 @dataclass
 class BagConfig(TextConfig):
-    hidden: int = 0  # 0 = linear head directly on the mean embedding (fastText)
-    bigram_buckets: int = 0  # > 0: also embed hashed word bigrams into this many buckets
+    hidden: Annotated[int, "[0, inf)"] = 0  # 0 = linear head directly on the mean embedding (fastText)
+    bigram_buckets: Annotated[int, "[0, inf)"] = 0  # > 0: also embed hashed word bigrams into this many buckets
 
 
 @dataclass
 class CNNTextConfig(TextConfig):
-    widths: tuple[int, ...] = (3, 4, 5)  # Kim 2014: widths 3, 4, 5 ...
-    n_filters: int = 100  # ... 100 feature maps each
+    widths: Annotated[tuple[int, ...], "[1, inf)"] = (3, 4, 5)  # Kim 2014: widths 3, 4, 5 ...
+    n_filters: Annotated[int, "[1, inf)"] = 100  # ... 100 feature maps each
 
 
 @dataclass
 class RNNTextConfig(TextConfig):
     cell: str = "lstm"  # rnn | lstm | gru
-    hidden: int = 128
-    n_layers: int = 1
+    hidden: Annotated[int, "[1, inf)"] = 128
+    n_layers: Annotated[int, "[1, inf)"] = 1
     bidirectional: bool = True
 
 
 @dataclass
 class AttnTextConfig(TextConfig):
-    hidden: int = 128  # per direction of the BiGRU under the attention
-    attn_dim: int = 64  # d_a of Lin et al. 2017
-    n_hops: int = 2  # r of Lin et al. 2017: rows of the attention matrix
-    penalty: float = 0.0  # Frobenius penalty ||A A^T - I||^2 pushing hops apart
+    hidden: Annotated[int, "[1, inf)"] = 128  # per direction of the BiGRU under the attention
+    attn_dim: Annotated[int, "[1, inf)"] = 64  # d_a of Lin et al. 2017
+    n_hops: Annotated[int, "[1, inf)"] = 2  # r of Lin et al. 2017: rows of the attention matrix
+    penalty: Annotated[float, "[0, inf)"] = 0.0  # Frobenius penalty ||A A^T - I||^2 pushing hops apart
 
 
 @dataclass
 class TransformerTextConfig(TextConfig):
-    n_layer: int = 2
-    n_head: int = 4
-    ff_mult: int = 4
-    max_len: int = 512
-    emb_dim: int = 128
-    dropout: float = 0.1
+    n_layer: Annotated[int, "[1, inf)"] = 2
+    n_head: Annotated[int, "[1, inf)"] = 4
+    ff_mult: Annotated[int, "[1, inf)"] = 4
+    max_len: Annotated[int, "[1, inf)"] = 512
+    emb_dim: Annotated[int, "[1, inf)"] = 128
+    dropout: Annotated[float, "[0, 1)"] = 0.1
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ class BertTextConfig(BertConfig):
     """A BERT encoder's settings (genforge/models/bert.py) plus the class count. Starting
     from a pretrained run (`init_from`), text-classify adopts that run's architecture."""
 
-    n_classes: int = 2
+    n_classes: Annotated[int, "[0, inf)"] = 2
 
 
 class BertClassifier(TextClassifier):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -75,12 +76,12 @@ class GPTConfig:
     """Defaults: the gpt-shakespeare preset's size (0.8M parameters), which trains in minutes
     on 2 CPU cores; nanoGPT's Shakespeare size is n_layer=6 n_head=6 n_embd=384 block_size=256."""
 
-    vocab_size: int = 0  # filled from the tokenizer by the recipe
-    block_size: int = 128  # context length (number of learned positions)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    vocab_size: Annotated[int, "[0, inf)"] = 0  # filled from the tokenizer by the recipe
+    block_size: Annotated[int, "[1, inf)"] = 128  # context length (number of learned positions)
+    n_layer: Annotated[int, "[1, inf)"] = 4
+    n_head: Annotated[int, "[1, inf)"] = 4
+    n_embd: Annotated[int, "[1, inf)"] = 128
+    dropout: Annotated[float, "[0, 1)"] = 0.0
     bias: bool = False  # biases in Linear/LayerNorm; without them is as good and a bit faster
     tie_weights: bool = True
     # F.scaled_dot_product_attention; False = the written-out `reference_attention` (slower;

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -131,13 +131,13 @@ class ConvDecoder(nn.Module):
 @dataclass
 class VAEConfig:
     arch: Literal["mlp", "conv"] = "mlp"
-    image_size: int = 28  # filled by the recipe from the data; conv needs a multiple of 4
-    channels: int = 1
-    n_classes: int = 0  # 0 = unconditional; >0 = CVAE conditioned on a one-hot label
-    hidden: int = 400  # 784-400-20 (Kingma & Welling 2014)
-    latent: int = 20
-    conv_channels: int = 32
-    beta: float = 1.0  # weight of the KL term; 1 = the ELBO (beta-VAE, Higgins et al. 2017)
+    image_size: Annotated[int, "[0, inf)"] = 28  # filled by the recipe from the data; conv needs a multiple of 4
+    channels: Annotated[int, "[0, inf)"] = 1
+    n_classes: Annotated[int, "[0, inf)"] = 0  # 0 = unconditional; >0 = CVAE conditioned on a one-hot label
+    hidden: Annotated[int, "[1, inf)"] = 400  # 784-400-20 (Kingma & Welling 2014)
+    latent: Annotated[int, "[1, inf)"] = 20
+    conv_channels: Annotated[int, "[1, inf)"] = 32
+    beta: Annotated[float, "[0, inf)"] = 1.0  # weight of the KL term; 1 = the ELBO (beta-VAE, Higgins et al. 2017)
 
 
 class VAE(nn.Module):

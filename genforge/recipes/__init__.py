@@ -32,8 +32,10 @@ class UnknownRecipe(KeyError):
 
 def get_recipe(name: str) -> ModuleType:
     if name not in RECIPES:
+        from genforge.config import did_you_mean
+
         raise UnknownRecipe(
-            f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)} "
+            f"unknown recipe {name!r};{did_you_mean(name, RECIPES)} recipes: {', '.join(RECIPES)} "
             f"(presets: `genforge list`)"
         )
     return importlib.import_module(RECIPES[name])
@@ -57,8 +59,11 @@ def resolve(name: str) -> tuple[str, ModuleType, dict]:
     if name in presets:
         rname, overrides, _ = presets[name]
         return rname, get_recipe(rname), dict(overrides)
+    from genforge.config import did_you_mean
+
     raise UnknownRecipe(
-        f"unknown recipe or preset {name!r}. Recipes: {', '.join(RECIPES)}; "
+        f"unknown recipe or preset {name!r};{did_you_mean(name, [*RECIPES, *presets])} "
+        f"Recipes: {', '.join(RECIPES)}; "
         f"presets: {', '.join(presets)}"
     )
 

@@ -83,6 +83,9 @@ HOOKS: dict[str, Hook] = {
                         "tensors and plain values only (trainer_state.pt loads weights_only)", ("model", "cfg")),
     "load_extra_state": Hook("function", OPTIONAL, "trainer.fit (--resume)",
                              "restores what extra_state returned", ("model", "cfg", "state")),
+    "data_summary": Hook("function", OPTIONAL, "trainer.fit (before training)",
+                         "lines saying what was read: rows/files, split sizes, classes with "
+                         "counts, skipped files", ("cfg",)),
     "log_samples": Hook("function", OPTIONAL, "trainer.fit (each evaluation)",
                         "writes under run_dir/samples or plots; returns text to print or None",
                         ("model", "cfg", "run_dir", "step")),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 import torch
 import torch.nn.functional as F
 
@@ -32,13 +33,13 @@ class Config(TrainConfig):
     model: str = "cnn"
     data: str = "fashion-mnist"  # fashion-mnist | mnist | digits | cifar10 | path/to/folder
     data_dir: str = ""  # extra folder searched first for named datasets
-    val_fraction: float = 0.1  # carved from train with a fixed seed
-    test_fraction: float = 0.2  # carved as test from data without a test split (digits, folders, offline MNIST)
-    train_limit: int = 0  # use only the first N training images (0 = all)
-    crop_pad: int = 0  # augmentation: random crop after padding by this many pixels
+    val_fraction: Annotated[float, "[0, 1)"] = 0.1  # carved from train with a fixed seed
+    test_fraction: Annotated[float, "[0, 1)"] = 0.2  # carved as test from data without a test split (digits, folders, offline MNIST)
+    train_limit: Annotated[int, "[0, inf)"] = 0  # use only the first N training images (0 = all)
+    crop_pad: Annotated[int, "[0, inf)"] = 0  # augmentation: random crop after padding by this many pixels
     flip: bool = False  # augmentation: random horizontal flip
-    image_size: int = 0  # resize images of a folder to this side (0 = keep the first's size)
-    max_image_pixels: int = 0  # refuse (before decoding) images with more pixels (0 = 64x the input, at least 4096x4096)
+    image_size: Annotated[int, "[0, inf)"] = 0  # resize images of a folder to this side (0 = keep the first's size)
+    max_image_pixels: Annotated[int, "[0, inf)"] = 0  # refuse (before decoding) images with more pixels (0 = 64x the input, at least 4096x4096)
     skip_bad_files: bool = False  # a folder's unreadable images: leave them out (count and names printed) instead of failing
     batch_size: int = 128
     epochs: float = 5.0
@@ -46,11 +47,11 @@ class Config(TrainConfig):
     metric_mode: str = "max"
     # filled from the data by `build`, saved in config.json so runs load without the data
     classes: list[str] = field(default_factory=list)
-    channels: int = 0
-    height: int = 0
-    width: int = 0
+    channels: Annotated[int, "[0, inf)"] = 0
+    height: Annotated[int, "[0, inf)"] = 0
+    width: Annotated[int, "[0, inf)"] = 0
     mean: float = 0.0
-    std: float = 1.0
+    std: Annotated[float, "(0, inf)"] = 1.0
 
 
 PRESETS = {
@@ -104,6 +105,19 @@ def _splits(cfg: Config) -> tuple[dict, list[str]]:
                           cfg.train_limit, cfg.image_size, cfg.channels, cfg.max_image_pixels,
                           skip_bad_files=cfg.skip_bad_files)
     return d.splits, d.classes
+
+
+def data_summary(cfg: Config) -> list[str]:
+    """What training reads, printed before it starts: split sizes, image shape, classes with
+    their training counts."""
+    splits, classes = _splits(cfg)
+    x, y = splits["train"]
+    counts = torch.bincount(y, minlength=len(classes)).tolist()
+    per_class = ", ".join(f"{c} {n}" for c, n in list(zip(classes, counts))[:20])
+    more = f", ... ({len(classes)} classes)" if len(classes) > 20 else ""
+    return [f"{cfg.data}: " + ", ".join(f"{k} {len(v[1]):,}" for k, v in splits.items())
+            + f" images of {x.shape[1]}x{x.shape[2]}x{x.shape[3]}",
+            f"{len(classes)} classes, training images per class: {per_class}{more}"]
 
 
 def _normalize(x: torch.Tensor, cfg: Config) -> torch.Tensor:

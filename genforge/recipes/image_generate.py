@@ -21,6 +21,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 from pathlib import Path
 
 import torch
@@ -57,29 +58,29 @@ class Config(TrainConfig):
     data: str = "fashion-mnist"  # fashion-mnist | mnist | path/to/folder/<class>/<image>
     data_dir: str = ""  # extra folder searched first for named datasets
     conditional: bool = True  # condition on the class label (CVAE / cGAN / CFG diffusion)
-    val_fraction: float = 0.1  # carved from train with a fixed seed
-    test_fraction: float = 0.2  # carved as test from data without a test split (folders, offline MNIST)
-    train_limit: int = 0  # use only the first N training images (0 = all)
-    image_size: int = 0  # resize a folder's images to this side (0 = keep the first's size)
+    val_fraction: Annotated[float, "[0, 1)"] = 0.1  # carved from train with a fixed seed
+    test_fraction: Annotated[float, "[0, 1)"] = 0.2  # carved as test from data without a test split (folders, offline MNIST)
+    train_limit: Annotated[int, "[0, inf)"] = 0  # use only the first N training images (0 = all)
+    image_size: Annotated[int, "[0, inf)"] = 0  # resize a folder's images to this side (0 = keep the first's size)
     skip_bad_files: bool = False  # a folder's unreadable images: leave them out (count and names printed) instead of failing
     batch_size: int = 128
     epochs: float = 10.0
     # quality metrics at evaluation (FID etc. need a genforge image-classify run on the same data)
     classifier: str = ""  # run directory of an image-classify model (e.g. runs/cnn-fashion)
-    eval_samples: int = 500  # generated images per evaluation when `classifier` is set
+    eval_samples: Annotated[int, "[0, inf)"] = 500  # generated images per evaluation when `classifier` is set
 
     # sampling defaults (`genforge generate` options override them)
-    sample_grid: int = 100  # images in the grid written at each evaluation
-    sample_steps: int = 50  # DDIM steps (diffusion)
-    guidance: float = 2.0  # classifier-free guidance scale (conditional diffusion); 1 = none
+    sample_grid: Annotated[int, "[1, inf)"] = 100  # images in the grid written at each evaluation
+    sample_steps: Annotated[int, "[1, inf)"] = 50  # DDIM steps (diffusion)
+    guidance: Annotated[float, "[0, inf)"] = 2.0  # classifier-free guidance scale (conditional diffusion); 1 = none
     # (2: the lowest FID of 1.5 / 2 / 3 after ~1,700 steps in bench/bench_imagegen.py; a model
     # trained longer wants less: 1.5 had the lowest validation FID after ~5,700 steps)
 
     # filled from the data by `build`, saved in config.json so runs load without the data
     classes: list[str] = field(default_factory=list)
-    channels: int = 0
-    height: int = 0
-    width: int = 0
+    channels: Annotated[int, "[0, inf)"] = 0
+    height: Annotated[int, "[0, inf)"] = 0
+    width: Annotated[int, "[0, inf)"] = 0
 
 
 PRESETS = {

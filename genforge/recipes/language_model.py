@@ -13,6 +13,7 @@ import shutil
 import sys
 import weakref
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
 import torch
@@ -55,18 +56,18 @@ class Config(TrainConfig):
     data: str = "tinyshakespeare"  # tinyshakespeare | file.txt | folder of .txt files
     data_dir: str = ""  # extra folder searched first for named datasets
     delimiter: str = ""  # records separated by lines holding only this (e.g. "%")
-    val_fraction: float = 0.1  # the tail of the text held out for validation
+    val_fraction: Annotated[float, "[0, 1)"] = 0.1  # the tail of the text held out for validation
     # held out for `eval --split test`: the text (records) just before the validation tail,
     # seen by neither training nor the choice of best.safetensors; 0 = no test split
-    test_fraction: float = 0.05
+    test_fraction: Annotated[float, "[0, 1)"] = 0.05
     # char | bpe (byte-level BPE, any Unicode) | pretrained (the run's own tokenizer.json,
     # e.g. written by `genforge import`)
     tokenizer: str = "char"
-    bpe_vocab: int = 1024  # vocabulary size of the BPE tokenizer
+    bpe_vocab: Annotated[int, "[1, inf)"] = 1024  # vocabulary size of the BPE tokenizer
     # tokens per training / evaluation window (chat data: longest conversation kept); 0 =
     # model.block_size, but at most 256 for a pretrained tokenizer (an imported model's
     # 8k context would make every batch GBs of logits); never above model.block_size
-    context: int = 0
+    context: Annotated[int, "[0, inf)"] = 0
     max_steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-3
@@ -83,29 +84,31 @@ class Config(TrainConfig):
     # the sample printed at each evaluation starts from this text; when the vocabulary cannot
     # spell it (e.g. "\n" in text without line breaks) or it is "", from the training text's first token
     sample_prompt: str = "\n"
-    sample_tokens: int = 200
-    sample_temperature: float = 0.8
+    sample_tokens: Annotated[int, "[0, inf)"] = 200
+    sample_temperature: Annotated[float, "[0, inf)"] = 0.8
 
 
 # Sized for about 15 minutes on 2 CPU cores (bench/bench_lm.py): at this budget a small
 # model that sees more tokens beats a larger one that sees fewer (Hoffmann et al. 2022).
+# Warmup as a fraction of the run (the same steps as the 200 / 100 warmup steps the bench
+# figures were measured with), so a run shortened by max_steps or max_minutes warms up too.
 PRESETS = {
     "gpt-shakespeare": (
         {"model": "gpt", "data": "tinyshakespeare", "max_steps": 8000, "batch_size": 16,
-         "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 200, "eval_every": 1600,
+         "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 0, "warmup_ratio": 0.025, "eval_every": 1600,
          "eval_batches": 40, "model.block_size": 128, "model.n_layer": 4, "model.n_head": 4,
          "model.n_embd": 128, "model.dropout": 0.0, "sample_prompt": "ROMEO:"},
         "character-level GPT (4 layers, 128 wide, context 128) on Tiny Shakespeare, ~15 min on 2 CPU cores"),
     "gru-shakespeare": (
         {"model": "gru", "data": "tinyshakespeare", "max_steps": 2500, "batch_size": 32,
-         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 100, "weight_decay": 0.0,
+         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 0, "warmup_ratio": 0.04, "weight_decay": 0.0,
          "eval_every": 500, "eval_batches": 40, "model.block_size": 128,
          "model.embed_size": 64, "model.hidden_size": 256, "model.n_layer": 2,
          "model.dropout": 0.0, "sample_prompt": "ROMEO:"},
         "character-level 2-layer GRU (the classic char-rnn text generator) on Tiny Shakespeare"),
     "lstm-shakespeare": (
         {"model": "lstm", "data": "tinyshakespeare", "max_steps": 2500, "batch_size": 32,
-         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 100, "weight_decay": 0.0,
+         "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 0, "warmup_ratio": 0.04, "weight_decay": 0.0,
          "eval_every": 500, "eval_batches": 40, "model.block_size": 128,
          "model.embed_size": 64, "model.hidden_size": 256, "model.n_layer": 2,
          "model.dropout": 0.0, "sample_prompt": "ROMEO:"},

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 import numpy as np
 import torch
@@ -57,13 +57,13 @@ class Config(TrainConfig):
     batch_size: int = 64  # DQN minibatch (transitions); unused by a2c/reinforce
     eval_every: int = 8  # ~2k env steps for DQN
     log_every: int = 8
-    n_envs: int = 8  # environments stepped in lockstep (batched acting)
-    rollout_steps: int = 32  # env steps per environment per update (dqn, a2c)
-    gradient_steps: int = 128  # dqn: minibatches per update (0.5 per env step)
-    learning_starts: int = 1000  # dqn: uniformly random env steps before learning starts
-    eval_episodes: int = 20  # deterministic (greedy) episodes per evaluation
-    max_episode_steps: int = 0  # 0 = the environment's own time limit
-    torch_threads: int = 1  # tiny nets run fastest on one thread; 0 = leave torch's default
+    n_envs: Annotated[int, "[1, inf)"] = 8  # environments stepped in lockstep (batched acting)
+    rollout_steps: Annotated[int, "[1, inf)"] = 32  # env steps per environment per update (dqn, a2c)
+    gradient_steps: Annotated[int, "[1, inf)"] = 128  # dqn: minibatches per update (0.5 per env step)
+    learning_starts: Annotated[int, "[0, inf)"] = 1000  # dqn: uniformly random env steps before learning starts
+    eval_episodes: Annotated[int, "[1, inf)"] = 20  # deterministic (greedy) episodes per evaluation
+    max_episode_steps: Annotated[int, "[0, inf)"] = 0  # 0 = the environment's own time limit
+    torch_threads: Annotated[int, "[0, inf)"] = 1  # tiny nets run fastest on one thread; 0 = leave torch's default
 
 
 MODELS = {
@@ -264,10 +264,10 @@ def evaluate(model: nn.Module, cfg: Config, split: str = "val", episodes: int | 
                                     _device(model))
     out = {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
            "return_min": float(returns.min()), "length_mean": float(lengths.mean()),
-           "episodes": float(episodes)}
+           "episodes": int(episodes)}
     col = getattr(_agent(model), "collector", None)
     if col is not None:
-        out["env_steps"] = float(col.env_steps)
+        out["env_steps"] = int(col.env_steps)
     return out
 
 

@@ -8,6 +8,7 @@ train 8,000 (val_fraction of it for validation) / test 2,000 (test_fraction), an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,9 @@ class Config(TrainConfig):
     model: str = "rnn"
     data: str = "fashion-mnist"  # fashion-mnist | mnist | digits | path/to/folder (read in grey)
     data_dir: str = ""  # extra folder searched first for named datasets
-    val_fraction: float = 0.1  # carved from train with a fixed seed
-    test_fraction: float = 0.2  # carved as test from data without a test split (offline MNIST, folders)
-    train_limit: int = 0  # use only the first N training images (0 = all)
+    val_fraction: Annotated[float, "[0, 1)"] = 0.1  # carved from train with a fixed seed
+    test_fraction: Annotated[float, "[0, 1)"] = 0.2  # carved as test from data without a test split (offline MNIST, folders)
+    train_limit: Annotated[int, "[0, inf)"] = 0  # use only the first N training images (0 = all)
     skip_bad_files: bool = False  # a folder's unreadable images: leave them out (count and names printed) instead of failing
     batch_size: int = 128
     epochs: float = 8.0
@@ -45,10 +46,10 @@ class Config(TrainConfig):
     metric_mode: str = "max"
     # filled from the data by `build`
     classes: list[str] = field(default_factory=list)
-    height: int = 0
-    width: int = 0
+    height: Annotated[int, "[0, inf)"] = 0
+    width: Annotated[int, "[0, inf)"] = 0
     mean: float = 0.0
-    std: float = 1.0
+    std: Annotated[float, "(0, inf)"] = 1.0
     test_only_source: bool = False  # the data had no training split (MNIST offline copy)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Annotated
 from pathlib import Path
 
 import torch
@@ -48,18 +49,18 @@ class Config(TrainConfig):
     label_column: str = "label"
     # word | bpe | pretrained (model=bert with init_from: the source run's WordPiece tokenizer)
     tokenizer: str = "word"
-    min_freq: int = 1  # word vocabulary: drop rarer words (they become <unk>)
-    max_vocab: int = 0  # word vocabulary: at most this many entries (0 = no limit)
-    bpe_vocab: int = 4000  # BPE vocabulary size
-    max_len: int = 100  # tokens per text (longer texts are truncated)
-    val_fraction: float = 0.1  # fixed seeded split when fold < 0
+    min_freq: Annotated[int, "[1, inf)"] = 1  # word vocabulary: drop rarer words (they become <unk>)
+    max_vocab: Annotated[int, "[0, inf)"] = 0  # word vocabulary: at most this many entries (0 = no limit)
+    bpe_vocab: Annotated[int, "[1, inf)"] = 4000  # BPE vocabulary size
+    max_len: Annotated[int, "[1, inf)"] = 100  # tokens per text (longer texts are truncated)
+    val_fraction: Annotated[float, "[0, 1)"] = 0.1  # fixed seeded split when fold < 0
     # held out for `eval --split test` when fold < 0, carved from the rows before validation
     # (the validation rows stay those of the 90/10 split); 0 = no test split
-    test_fraction: float = 0.1
-    fold: int = -1  # >= 0: validate on this fold of an n_folds cross-validation
-    n_folds: int = 10
-    split_seed: int = 0  # the split is independent of the training seed
-    train_limit: int = 0  # use only the first N training rows (0 = all)
+    test_fraction: Annotated[float, "[0, 1)"] = 0.1
+    fold: Annotated[int, "[-1, inf)"] = -1  # >= 0: validate on this fold of an n_folds cross-validation
+    n_folds: Annotated[int, "[2, inf)"] = 10
+    split_seed: Annotated[int, "[0, inf)"] = 0  # the split is independent of the training seed
+    train_limit: Annotated[int, "[0, inf)"] = 0  # use only the first N training rows (0 = all)
     batch_size: int = 50
     epochs: float = 10.0
     lr: float = 1e-3
@@ -67,7 +68,7 @@ class Config(TrainConfig):
     metric_mode: str = "max"
     # filled from the data by `build`
     classes: list[str] = field(default_factory=list)
-    vocab_size: int = 0
+    vocab_size: Annotated[int, "[0, inf)"] = 0
     # a word-embeddings run whose vectors initialise a word-level model's embedding (Kim
     # 2014's CNN-non-static; add freeze=embed for CNN-static)
     init_embeddings: str = ""

@@ -35,22 +35,45 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, cfg, total_steps: int, time_frac: float | None = None) -> float:
     """Multiplier of cfg.lr at optimizer step `step` (0-based). `time_frac`: the part of a
-    wall-clock budget already spent (cfg.max_minutes); the cosine decay follows whichever of
-    steps and time is further along."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
+    wall-clock budget already spent (cfg.max_minutes); the schedule follows whichever of
+    steps and time is further along. Warmup is `warmup_steps` updates, or else the first
+    `warmup_ratio` of the run (in the same steps-or-time progress as the cosine)."""
+    ratio = 0.0 if cfg.warmup_steps else getattr(cfg, "warmup_ratio", 0.0)
+    total = max(1, total_steps)
+    if ratio:
+        done = step / total  # the part of the run behind this update
+        ahead = (step + 1) / total  # ... and after it: the first update gets a nonzero LR
+        if time_frac is not None:
+            done, ahead = max(done, time_frac), max(ahead, time_frac)
+        if done < ratio:
+            return min(1.0, ahead / ratio)
+    elif cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "step":
         return cfg.gamma ** (step // max(1, cfg.step_size))
     # warmup + cosine decay to min_lr (Loshchilov & Hutter 2017, without restarts)
-    span = max(1, total_steps - cfg.warmup_steps)
-    progress = (step - cfg.warmup_steps) / span
-    if time_frac is not None:
-        progress = max(progress, time_frac)
+    if ratio:
+        progress = (done - ratio) / (1 - ratio)
+    else:
+        span = max(1, total_steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / span
+        if time_frac is not None:
+            progress = max(progress, time_frac)
     progress = min(1.0, progress)
     floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_note(cfg, total_steps: int) -> str | None:
+    """A warning when the warmup is longer than the run: the LR would never reach `lr`."""
+    if cfg.warmup_steps and cfg.warmup_steps > total_steps:
+        budget = f" (or fewer: max_minutes={cfg.max_minutes:g})" if cfg.max_minutes else ""
+        return (f"warning: warmup_steps={cfg.warmup_steps} is longer than the run's "
+                f"{total_steps} steps{budget}: the learning rate never reaches lr={cfg.lr:g}; "
+                "lower warmup_steps, or set warmup_steps=0 and warmup_ratio (e.g. 0.05)")
+    return None
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ from genforge.train import checkpoint as ckpt
 from genforge.train import transfer
 from genforge.train.device import autocast, resolve_device, seed_everything, to_device
 from genforge.train.ema import EMA, check_decay
-from genforge.train.optim import make_optimizer, make_scheduler, penalty
+from genforge.train.optim import lr_factor, make_optimizer, make_scheduler, penalty, warmup_note
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
@@ -60,20 +61,61 @@ def _check_grad_accum(recipe, recipe_name: str, cfg: C.TrainConfig) -> None:
 
 
 def fit(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool = False,
-        stop_at: int | None = None, log: Callable[[str], None] = print) -> Path:
+        stop_at: int | None = None, log: Callable[[str], None] = print,
+        overwrite: bool = False) -> Path:
     """Train `cfg` with recipe `recipe_name` into `out_dir` (or continue it when `resume`).
 
     `stop_at` ends the run early after that many steps, checkpointed, as an interruption
-    would (used to test that resuming is exact)."""
-    return fit_model(recipe_name, cfg, out_dir, resume, stop_at, log)[0]
+    would (used to test that resuming is exact). `overwrite`: start again in an existing
+    run folder (see `fit_model`)."""
+    return fit_model(recipe_name, cfg, out_dir, resume, stop_at, log, overwrite)[0]
 
 
 def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume: bool = False,
-              stop_at: int | None = None, log: Callable[[str], None] = print) -> tuple[Path, torch.nn.Module]:
+              stop_at: int | None = None, log: Callable[[str], None] = print,
+              overwrite: bool = False) -> tuple[Path, torch.nn.Module]:
     """`fit`, also returning the trained model as it is in memory at the end: the model that
-    `load_run(out_dir, "last")` rebuilds (the weight average when `ema` is on)."""
-    recipe = get_recipe(recipe_name)
+    `load_run(out_dir, "last")` rebuilds (the weight average when `ema` is on).
+
+    A run that fails before its first checkpoint leaves nothing behind (a folder it created
+    is removed), so the same command can simply be run again. `overwrite` moves an existing
+    `out_dir` aside and trains a new run there; the old one is deleted once the new run has
+    saved a checkpoint, and put back when the new run fails before that."""
     out_dir = Path(out_dir)
+    C.check_ranges(cfg)  # a config built in Python skipped apply_overrides' checks
+    aside = None
+    if overwrite and not resume and out_dir.is_dir() and any(out_dir.iterdir()):
+        aside = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        out_dir.rename(aside)
+        log(f"--overwrite: the old {out_dir} waits in {aside} until the new run saves its "
+            "first checkpoint")
+    created = not out_dir.exists()
+    try:
+        result = _fit_model(recipe_name, cfg, out_dir, resume, stop_at, log)
+    except BaseException:  # Ctrl-C too: a run stopped before its first save is not a run
+        if created and not _has_checkpoint(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+            if aside is not None:
+                aside.rename(out_dir)
+                log(f"the new run failed before its first checkpoint; {out_dir} is the old run again")
+        elif aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return result
+
+
+def _has_checkpoint(out_dir: Path) -> bool:
+    try:
+        return out_dir.is_dir() and ckpt.latest_dir(out_dir) is not None
+    except ckpt.RunError:  # a damaged pointer: something was saved, keep it for the user to see
+        return True
+
+
+def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool,
+               stop_at: int | None, log: Callable[[str], None]) -> tuple[Path, torch.nn.Module]:
+    recipe = get_recipe(recipe_name)
     if cfg.max_minutes < 0:
         raise C.ConfigError(f"max_minutes must be >= 0 (0 = no time budget), got {cfg.max_minutes}")
     _check_grad_accum(recipe, recipe_name, cfg)  # before anything is written
@@ -87,7 +129,8 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
                             "(nothing was overwritten)")
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
-                            "to continue it, or choose another --out (nothing was overwritten)")
+                            "to continue it, --overwrite to start it again, or choose another "
+                            "--out (nothing was overwritten)")
     # resume: the last published checkpoint, its files checked against each other
     ckpt_dir, state = ckpt.resume_checkpoint(out_dir, log) if resume else (None, None)
     if state is not None and bool(cfg.ema) != ("ema_updates" in state):
@@ -154,6 +197,26 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
         ckpt.set_rng_state(state["rng"])
         _truncate_metrics(out_dir, step)
         log(f"resumed {out_dir} at step {step}/{total}")
+        planned = state.get("total_steps")
+        if planned and planned != total and cfg.schedule != "constant":
+            lr_now = next(iter(opts.values())).param_groups[0]["lr"]
+            log(f"note: the run was planned for {planned} steps and now runs to {total}: the "
+                f"learning-rate schedule is stretched to the new length, so the LR goes from "
+                f"{lr_now:.3g} (where the old schedule left it) to {cfg.lr * lr_factor(step, cfg, total, time_frac() if time_frac else None):.3g} now")
+    note = warmup_note(cfg, total)
+    if note:
+        log(note)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"model: {cfg.model}, {n_params:,} parameters"
+        + (f" ({n_train:,} trainable)" if n_train != n_params else "") + f", on {device}")
+    if hasattr(recipe, "data_summary") and state is None:
+        for line in recipe.data_summary(cfg):
+            log(f"data: {line}")
+    log(f"config ({out_dir / 'config.json'} has every key):\n{C.format_config_compact(cfg, recipe)}")
+    log(f"training: {total} steps" + (f" ({total / steps_per_epoch:.3g} epochs of {steps_per_epoch} steps)"
+                                     if steps_per_epoch else "")
+        + (f", at most {cfg.max_minutes:g} min" if cfg.max_minutes else ""))
 
     train_model = torch.compile(model) if cfg.compile else model
     eval_every = cfg.eval_every or steps_per_epoch or total
@@ -166,7 +229,7 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
         weights = {"model.safetensors": model}
         st = {"step": step, "best": best, "best_step": best_step, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
               "optimizers": {k: o.state_dict() for k, o in opts.items()},
-              "schedulers": {k: s.state_dict() for k, s in scheds.items()}, "elapsed_s": elapsed()}
+              "schedulers": {k: s.state_dict() for k, s in scheds.items()}, "elapsed_s": elapsed(), "total_steps": total}
         if hasattr(recipe, "extra_state"):
             st["extra"] = recipe.extra_state(model, cfg)
         if ema is not None:
@@ -174,7 +237,7 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
             st["ema_updates"] = ema.updates
         ckpt.save_checkpoint(out_dir, step, weights, st)
 
-    bar = _progress(total, step)
+    bar = _progress(total, step, log)
     sums: dict[str, torch.Tensor | float] = {}
     n_logged, t_log, stopped_early = 0, time.perf_counter(), False
     while step < total:
@@ -229,7 +292,9 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
         if step % eval_every == 0 or step == total:
             eval_model.eval()
             with torch.no_grad(), autocast(device):
-                ev = {f"val_{k}": float(v) for k, v in recipe.evaluate(eval_model, cfg, "val").items()
+                # counts (episodes, examples) stay integers in the log and metrics.jsonl
+                ev = {f"val_{k}": v if isinstance(v, int) else float(v)
+                      for k, v in recipe.evaluate(eval_model, cfg, "val").items()
                       if isinstance(v, (int, float))}
             rec = {"step": step, **ev}
             _append_jsonl(metrics_path, rec)
@@ -273,21 +338,36 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
 
 
 class _NoBar:
+    """Progress without a terminal (a log file, CI, nohup): a line at least every
+    `every_s` seconds, so a slow run with a large log_every still shows it is alive."""
+
     interactive = False
 
+    def __init__(self, total: int, initial: int, log: Callable[[str], None], every_s: float = 30.0):
+        self.total, self.n, self.log, self.every_s = total, initial, log, every_s
+        self.t_last = time.perf_counter()
+        self.n_last = initial
+
     def update(self, n):
-        pass
+        self.n += n
+        now = time.perf_counter()
+        if now - self.t_last >= self.every_s:
+            rate = (self.n - self.n_last) / (now - self.t_last)
+            left = (self.total - self.n) / rate if rate > 0 else float("inf")
+            self.log(f"progress: step {self.n}/{self.total} ({100 * self.n / max(1, self.total):.0f}%), "
+                     f"{rate:.3g} steps/s, about {left / 60:.1f} min left at this pace")
+            self.t_last, self.n_last = now, self.n
 
     def set_postfix(self, d):
-        pass
+        self.t_last = time.perf_counter()  # a logged record is a sign of life too
 
     def close(self):
         pass
 
 
-def _progress(total: int, initial: int):
+def _progress(total: int, initial: int, log: Callable[[str], None] = print):
     if not sys.stderr.isatty():
-        return _NoBar()
+        return _NoBar(total, initial, log)
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
