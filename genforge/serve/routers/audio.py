@@ -11,6 +11,7 @@ from typing import Optional
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
 from genforge.data.registry import DataError
 from genforge.serve.engine import Limits, ServedModel
@@ -18,7 +19,19 @@ from genforge.serve.errors import APIError
 from genforge.serve.routers.common import run_one, served_model
 
 ENDPOINT = "/v1/audio/transcriptions"
-SCHEMAS = ()  # multipart form: `model` is a form field, not a JSON schema property
+
+
+class TranscriptionForm(BaseModel):
+    """The form fields beside the uploaded `file` (multipart/form-data, as OpenAI's API takes
+    them); the endpoint reads them as Form parameters of the same names."""
+    model: str
+    response_format: str = "json"
+    language: Optional[str] = None
+    prompt: Optional[str] = None
+    temperature: Optional[float] = None
+
+
+SCHEMAS = (TranscriptionForm,)
 
 router = APIRouter()
 
