@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,8 @@ def train(
                                    "old run is moved aside and deleted once the new run saves its "
                                    "first checkpoint (put back if the new run fails before that)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder searched first for named datasets"),
+    nproc: int = typer.Option(1, "--nproc", help="train data-parallel in N processes on this machine "
+                              "(launches torchrun; batch_size is per process)"),
     help_: bool = typer.Option(False, "--help", help="show this message and exit; after a RECIPE "
                                "or PRESET also every config key with its value, type and meaning"),
 ) -> None:
@@ -130,6 +133,14 @@ def train(
     overrides = C.parse_sets(set_)
     if data_dir is not None:
         overrides["data_dir"] = str(data_dir)
+    if nproc < 1:
+        raise typer.BadParameter(f"--nproc must be >= 1 (processes on this machine), got {nproc}")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if nproc > 1 and under_torchrun:
+        raise typer.BadParameter("--nproc launches torchrun itself; under torchrun leave it out")
+    if under_torchrun and resume is None and out is None:
+        raise typer.BadParameter("under torchrun every process must write to the same run "
+                                 "directory: name it with --out")
     if resume is not None:
         if overwrite:
             raise typer.BadParameter("--resume continues a run and --overwrite starts it again; pass one")
@@ -147,7 +158,9 @@ def train(
         cfg = C.make_config(recipe_mod, preset)
         C.apply_overrides(cfg, overrides, recipe_mod.MODELS, from_text=True)
         run_dir = out or Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if run_dir.exists() and not run_dir.is_dir():
+        if int(os.environ.get("RANK", "0")) != 0:
+            pass  # rank 0 checks (and may already have created) the run directory
+        elif run_dir.exists() and not run_dir.is_dir():
             raise ckpt.RunError(f"--out {run_dir} is a file, not a run directory; choose another "
                                 "--out (nothing was overwritten)")
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
@@ -155,10 +168,38 @@ def train(
                                 f"{run_dir} to continue it, --overwrite to start it again, or choose "
                                 "another --out (nothing was overwritten)")
     _check_data_name(cfg.data)
-    typer.echo(f"recipe {rname} -> {run_dir}")  # the config is printed once the data filled it in
+    if nproc > 1:
+        raise typer.Exit(_launch_torchrun(nproc, run_dir, out is None and resume is None))
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 alone talks
+    if main_rank:
+        typer.echo(f"recipe {rname} -> {run_dir}")  # the config is printed once the data filled it in
     t0 = time.perf_counter()
     fit(rname, cfg, run_dir, resume=resume is not None, log=typer.echo, overwrite=overwrite)
-    typer.echo(f"done in {time.perf_counter() - t0:.1f}s: {run_dir}")
+    if main_rank:
+        typer.echo(f"done in {time.perf_counter() - t0:.1f}s: {run_dir}")
+
+
+def _launch_torchrun(nproc: int, run_dir: Path, add_out: bool) -> int:
+    """`genforge train ... --nproc N` = `torchrun --standalone --nproc_per_node N -m genforge
+    train ...` (the same arguments, --nproc left out, --out named once here so that every
+    process writes to the same folder). Returns torchrun's exit status."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    if add_out:
+        args += ["--out", str(run_dir)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "genforge", *args]
+    typer.echo(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m genforge "
+               + " ".join(args))
+    return subprocess.call(cmd)
 
 
 def _check_data_name(data: str) -> None:
@@ -289,6 +330,8 @@ def predict(
     top: int = typer.Option(3, help="how many classes to show per input"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object per input "
                                "(input, label, probability, top) instead of a tab-separated line"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="contrastive (CLIP) runs: zero-shot "
+                                         "over these comma-separated texts, e.g. \"a sneaker,a bag\""),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Predict classes (with probabilities) for texts (text runs) or image files (image runs)."""
@@ -300,7 +343,15 @@ def predict(
         raise typer.BadParameter(f"{run} is a {cfg.model} run whose recipe does not predict classes")
     caps = capabilities(recipe, cfg)
     items = _predict_inputs(inputs, "text-input" in caps, "audio-input" in caps)
-    for r in recipe.predict(model, cfg, items, top=top):
+    extra = {}
+    if labels is not None:
+        import inspect
+
+        if "labels" not in inspect.signature(recipe.predict).parameters:
+            raise typer.BadParameter(f"--labels applies to contrastive (CLIP) runs; {run} classifies "
+                                     "into its own classes")
+        extra["labels"] = labels
+    for r in recipe.predict(model, cfg, items, top=top, **extra):
         if json_:
             typer.echo(json.dumps({"input": r["input"], "label": r["label"],
                                    "probability": round(float(r["probability"]), 6),
@@ -349,6 +400,7 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
     steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG; audio runs: WAV)"),
+    image: Optional[Path] = typer.Option(None, "--image", help="captioning runs: the image to describe"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
     compile_: bool = typer.Option(False, "--compile", help="GPT: compile the decode step "
                                   "(seconds once, then faster tokens; needs a C++ compiler)"),
@@ -370,7 +422,7 @@ def generate(
                 input=input_file, beams=beams, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                 top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
                 stream=stream or None, n=n, label=label, guidance=guidance, steps=steps,
-                out=out, seed=seed, compile=compile_ or None)
+                out=out, seed=seed, compile=compile_ or None, image=image)
     recipe.cli_generate(model, cfg, run, **{k: v for k, v in opts.items() if v is not None})
 
 
@@ -469,6 +521,9 @@ def serve(
     max_body: int = typer.Option(4 << 20, "--max-body", help="largest request body in bytes"),
     checkpoint: str = typer.Option("best", help="best or last"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps"),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="decode all streams of a Transformer LM in one batched forward "
+                                       "per step (--no-batching: one forward per stream, for comparison)"),
 ) -> None:
     """Serve runs over an OpenAI-compatible HTTP API, with a web playground at /."""
     import torch
@@ -495,7 +550,7 @@ def serve(
     models = load_models(runs, checkpoint, str(resolve_device(device)))
     limits = Limits(workers=workers, max_pending=max_pending, max_tokens=max_tokens,
                     max_prompt_tokens=max_prompt_tokens, max_n=max_n, max_images=max_images,
-                    max_body_bytes=max_body)
+                    max_body_bytes=max_body, batching=batching)
     for m in models.values():
         typer.echo(f"serving {m.id}: {m.task} ({m.cfg.model}, {m.run_dir})")
     typer.echo(f"playground: http://{host}:{port}/   API: http://{host}:{port}/v1"

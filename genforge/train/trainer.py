@@ -8,6 +8,7 @@ optimiser) or `optimizers` + `update` (GAN, RL); the few other names it reads fr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import torch
 from genforge import config as C
 from genforge.recipes import get_recipe
 from genforge.train import checkpoint as ckpt
+from genforge.train import distributed
 from genforge.train import transfer
 from genforge.train.device import autocast, resolve_device, seed_everything, to_device
 from genforge.train.ema import EMA, check_decay
@@ -83,6 +85,16 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
     saved a checkpoint, and put back when the new run fails before that."""
     out_dir = Path(out_dir)
     C.check_ranges(cfg)  # a config built in Python skipped apply_overrides' checks
+    d = distributed.setup(cfg.device)  # under torchrun: this process's rank (else one process)
+    try:
+        if not d.is_main:  # rank 0 alone writes, moves aside and cleans up the run directory
+            return _fit_model(recipe_name, cfg, out_dir, resume, stop_at, lambda _: None, d)
+        return _fit_main(recipe_name, cfg, out_dir, resume, stop_at, log, overwrite, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _fit_main(recipe_name, cfg, out_dir, resume, stop_at, log, overwrite, d):
     aside = None
     if overwrite and not resume and out_dir.is_dir() and any(out_dir.iterdir()):
         aside = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
@@ -91,7 +103,7 @@ def fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: str | Path, resume:
             "first checkpoint")
     created = not out_dir.exists()
     try:
-        result = _fit_model(recipe_name, cfg, out_dir, resume, stop_at, log)
+        result = _fit_model(recipe_name, cfg, out_dir, resume, stop_at, log, d)
     except BaseException:  # Ctrl-C too: a run stopped before its first save is not a run
         if created and not _has_checkpoint(out_dir):
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -113,9 +125,21 @@ def _has_checkpoint(out_dir: Path) -> bool:
         return True
 
 
+# recipes whose train stream cannot be split into per-rank slices of one global batch
+_NOT_DATA_PARALLEL = {"reinforce": "its batches come from acting in environments with the current "
+                                   "agent, not from a dataset that can be split across processes"}
+
+
 def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool,
-               stop_at: int | None, log: Callable[[str], None]) -> tuple[Path, torch.nn.Module]:
+               stop_at: int | None, log: Callable[[str], None],
+               d: distributed.Dist = distributed.SINGLE) -> tuple[Path, torch.nn.Module]:
     recipe = get_recipe(recipe_name)
+    if d.enabled and recipe_name in _NOT_DATA_PARALLEL:
+        raise C.ConfigError(f"the {recipe_name} recipe cannot train data-parallel: "
+                            f"{_NOT_DATA_PARALLEL[recipe_name]}; train it as one process "
+                            "(without --nproc/torchrun)")
+    if not d.is_main:
+        distributed.barrier(d)  # rank 0 checks, cleans and writes the run directory first
     if cfg.max_minutes < 0:
         raise C.ConfigError(f"max_minutes must be >= 0 (0 = no time budget), got {cfg.max_minutes}")
     _check_grad_accum(recipe, recipe_name, cfg)  # before anything is written
@@ -124,10 +148,10 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         if hasattr(recipe, "NO_EMA"):
             raise C.ConfigError(f"ema does not apply to the {recipe_name} recipe: "
                                 f"{recipe.NO_EMA}; remove the ema setting")
-    if out_dir.exists() and not out_dir.is_dir():
+    if d.is_main and out_dir.exists() and not out_dir.is_dir():
         raise ckpt.RunError(f"{out_dir} is a file, not a run directory; choose another --out "
                             "(nothing was overwritten)")
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+    if d.is_main and not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise ckpt.RunError(f"{out_dir} already exists and is not empty; pass --resume {out_dir} "
                             "to continue it, --overwrite to start it again, or choose another "
                             "--out (nothing was overwritten)")
@@ -140,8 +164,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                             "weight average; resume it with its own ema setting, or start a new run")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    device = distributed.device_for(d, resolve_device(cfg.device))
+    seed_everything(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
 
     try:
         model = recipe.build(cfg, run_dir=out_dir).to(device)
@@ -153,14 +177,18 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         if type(e) is ValueError:  # a model's own range check (torch's or genforge's)
             raise C.ConfigError(f"{e} (check the model.* settings)") from None
         raise
-    ckpt.save_config(out_dir, recipe_name, cfg)  # after build: data-dependent fields are filled
+    if d.is_main:
+        ckpt.save_config(out_dir, recipe_name, cfg)  # after build: data-dependent fields are filled
+        distributed.barrier(d)  # the other ranks now read what build wrote (a tokenizer, a base)
     custom = hasattr(recipe, "update")
     opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg)}
     # batches drawn per optimizer step: the loss path draws each micro-batch itself; a custom
     # update that accumulates (UPDATE_ACCUMULATES) gets all of a step's micro-batches in one
     draws_per_step = 1 if custom else cfg.grad_accum
     # what one step really processes (grad_accum > 1 with a non-accumulating update is refused)
-    examples_per_step = cfg.batch_size * cfg.grad_accum
+    examples_per_step = cfg.batch_size * cfg.grad_accum * d.world
+    if custom:
+        distributed.average_gradients_before_step(opts, d)
 
     step, best, bad_evals, best_step = 0, None, 0, None
     if state is not None:
@@ -175,15 +203,21 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
     eval_model = ema.model if ema is not None else model
 
     # the iterator counts batches drawn, not optimizer steps: resume where it really stopped
-    batches = recipe.batches(cfg, "train", start_step=step * draws_per_step, model=model)
-    steps_per_epoch = getattr(batches, "steps_per_epoch", None)
+    # under torchrun each rank draws the global batch (batch_size x world) and keeps its slice
+    stream = recipe.batches(distributed.global_batch_config(cfg, d), "train",
+                            start_step=step * draws_per_step, model=model)
+    steps_per_epoch = getattr(stream, "steps_per_epoch", None)
+    batches = distributed.shard(stream, d, recipe_name)
     if steps_per_epoch:
         steps_per_epoch = max(1, steps_per_epoch // draws_per_step)
     total = cfg.max_steps or math.ceil(cfg.epochs * (steps_per_epoch or 1000))
     # time budget: seconds spent before this call (a resumed run) + this call's time from here
     limit_s, spent_before, t_start = cfg.max_minutes * 60, (state or {}).get("elapsed_s", 0.0), time.perf_counter()
+    shared_clock = [None]  # distributed + time budget: rank 0's clock, so LR and stop agree
 
     def elapsed() -> float:
+        if shared_clock[0] is not None:
+            return shared_clock[0]
         return spent_before + time.perf_counter() - t_start
 
     time_frac = (lambda: elapsed() / limit_s) if limit_s else None
@@ -197,6 +231,10 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         ckpt.set_rng_state(state["rng"])
         _truncate_metrics(out_dir, step)
         log(f"resumed {out_dir} at step {step}/{total}")
+        was = state.get("global_batch")
+        if was and was != cfg.batch_size * d.world:
+            log(f"note: the global batch was {was} examples per micro-batch and is now "
+                f"{cfg.batch_size * d.world} (batch_size {cfg.batch_size} x {d.world} processes)")
         planned = state.get("total_steps")
         if planned and planned != total and cfg.schedule != "constant":
             lr_now = next(iter(opts.values())).param_groups[0]["lr"]
@@ -209,7 +247,9 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"model: {cfg.model}, {n_params:,} parameters"
-        + (f" ({n_train:,} trainable)" if n_train != n_params else "") + f", on {device}")
+        + (f" ({n_train:,} trainable)" if n_train != n_params else "") + f", on {device}"
+        + (f", data-parallel over {d.world} processes (global batch {cfg.batch_size * d.world})"
+           if d.enabled else ""))
     if hasattr(recipe, "data_summary") and state is None:
         for line in recipe.data_summary(cfg):
             log(f"data: {line}")
@@ -218,16 +258,22 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                                      if steps_per_epoch else "")
         + (f", at most {cfg.max_minutes:g} min" if cfg.max_minutes else ""))
 
-    train_model = torch.compile(model) if cfg.compile else model
+    # loss recipes train through DDP (gradients all-reduced during backward); a custom update
+    # gets the plain module and its optimizers average gradients before stepping
+    ddp = distributed.wrap_ddp(model, d, device) if not custom else model
+    train_model = torch.compile(ddp) if cfg.compile else ddp
     eval_every = cfg.eval_every or steps_per_epoch or total
     save_every = cfg.save_every or eval_every
-    writer = _tensorboard(out_dir, cfg.tensorboard, log)
+    writer = _tensorboard(out_dir, cfg.tensorboard, log) if d.is_main else None
     metrics_path = out_dir / "metrics.jsonl"
 
     def save(final: bool = False) -> None:
         # one checkpoint folder, published at once (genforge/train/checkpoint.py)
         weights = {"model.safetensors": model}
+        if not d.is_main:
+            return
         st = {"step": step, "best": best, "best_step": best_step, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
+              "global_batch": cfg.batch_size * d.world,
               "optimizers": {k: o.state_dict() for k, o in opts.items()},
               "schedulers": {k: s.state_dict() for k, s in scheds.items()}, "elapsed_s": elapsed(), "total_steps": total}
         if hasattr(recipe, "extra_state"):
@@ -237,25 +283,32 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
             st["ema_updates"] = ema.updates
         ckpt.save_checkpoint(out_dir, step, weights, st)
 
-    bar = _progress(total, step, log)
+    bar = _progress(total, step, log) if d.is_main else _NoBar(total, step, log)
     sums: dict[str, torch.Tensor | float] = {}
     n_logged, t_log, stopped_early = 0, time.perf_counter(), False
     while step < total:
         model.train()
+        if d.enabled and limit_s:
+            shared_clock[0] = None
+            shared_clock[0] = distributed.broadcast_from_main(elapsed(), d)
         if custom:
             out = recipe.update(train_model, to_device(next(batches), device), opts, step, cfg)
+            distributed.sync_buffers(model, d)
         else:
             out = {}
             opt = opts["main"]
-            for _ in range(cfg.grad_accum):
+            for i in range(cfg.grad_accum):
                 batch = to_device(next(batches), device)
-                with autocast(device):
-                    out = recipe.loss(train_model, batch)
-                    loss = out["loss"]
-                    pen = penalty(model, cfg.l1, cfg.l2)
-                    if pen is not None:
-                        loss = loss + pen
-                (loss / cfg.grad_accum).backward()
+                # DDP all-reduces on the last micro-batch only (the others accumulate locally)
+                sync = contextlib.nullcontext() if (i == cfg.grad_accum - 1 or ddp is model) else ddp.no_sync()
+                with sync:
+                    with autocast(device):
+                        out = recipe.loss(train_model, batch)
+                        loss = out["loss"]
+                        pen = penalty(model, cfg.l1, cfg.l2)
+                        if pen is not None:
+                            loss = loss + pen
+                    (loss / cfg.grad_accum).backward()
             if cfg.grad_clip > 0:
                 out = {**out, "grad_norm": torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)}
             opt.step()
@@ -277,11 +330,13 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
 
         if step % cfg.log_every == 0 or step == total:
             dt = time.perf_counter() - t_log
+            sums = distributed.mean_over_ranks(sums, d, device)
             rec = {"step": step, **{f"train_{k}": float(v) / n_logged for k, v in sums.items()},
                    "lr": next(iter(opts.values())).param_groups[0]["lr"],
                    "examples": step * examples_per_step,  # seen since step 0, resumes included
                    "examples_per_s": examples_per_step * n_logged / max(dt, 1e-9)}
-            _append_jsonl(metrics_path, rec)
+            if d.is_main:
+                _append_jsonl(metrics_path, rec)
             _tb(writer, rec, step)
             bar.set_postfix({k.replace("train_", ""): f"{v:.4g}" for k, v in rec.items() if k != "step"})
             if not bar.interactive:
@@ -291,13 +346,17 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
 
         if step % eval_every == 0 or step == total:
             eval_model.eval()
-            with torch.no_grad(), autocast(device):
-                # counts (episodes, examples) stay integers in the log and metrics.jsonl
-                ev = {f"val_{k}": v if isinstance(v, int) else float(v)
-                      for k, v in recipe.evaluate(eval_model, cfg, "val").items()
-                      if isinstance(v, (int, float))}
+            ev = None
+            if d.is_main:  # over the whole split, on rank 0; the others get its numbers
+                with torch.no_grad(), autocast(device):
+                    # counts (episodes, examples) stay integers in the log and metrics.jsonl
+                    ev = {f"val_{k}": v if isinstance(v, int) else float(v)
+                          for k, v in recipe.evaluate(eval_model, cfg, "val").items()
+                          if isinstance(v, (int, float))}
+            ev = distributed.broadcast_from_main(ev, d)
             rec = {"step": step, **ev}
-            _append_jsonl(metrics_path, rec)
+            if d.is_main:
+                _append_jsonl(metrics_path, rec)
             _tb(writer, rec, step)
             log("eval " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
             value = ev.get(cfg.metric)
@@ -306,10 +365,11 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                                     f"choose one of: {', '.join(ev)}")
             if _is_better(value, best, cfg.metric_mode):
                 best, bad_evals, best_step = value, 0, step
-                ckpt.save_best(out_dir, step, eval_model)
+                if d.is_main:
+                    ckpt.save_best(out_dir, step, eval_model)
             else:
                 bad_evals += 1
-            if hasattr(recipe, "log_samples"):
+            if hasattr(recipe, "log_samples") and d.is_main:
                 # a sample is a look at the model, not part of training: when it fails (a prompt
                 # the vocabulary lacks, a full samples/ folder) the run says so and trains on
                 try:
@@ -328,9 +388,10 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         if stopped_early or step == stop_at:
             break
     bar.close()
+    distributed.barrier(d)  # every rank returns once rank 0's last checkpoint is published
     if writer is not None:
         writer.close()
-    if cfg.plots:
+    if cfg.plots and d.is_main:
         from genforge.evaluate.plots import plot_curves
 
         plot_curves(out_dir, out_dir / "plots" / "curves.png")
