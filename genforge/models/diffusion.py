@@ -109,6 +109,18 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # index n_classes is the "no label" token that classifier-free guidance trains with
         self.class_emb = nn.Embedding(cfg.n_classes + 1, emb_dim) if cfg.n_classes else None
+        # text conditioning through the same path as the class embedding: a text vector
+        # (B, text_dim) is projected and added to the time embedding, so every ResBlock sees
+        # it as a per-channel shift (FiLM-style bias, Perez et al. 2018); cheaper on a CPU than
+        # cross-attention and enough for one-object captions. `null_text` is the learned
+        # "no caption" vector classifier-free guidance trains with. Only built when text_dim
+        # > 0, so class-conditional checkpoints load unchanged.
+        if cfg.text_dim:
+            self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, emb_dim), nn.SiLU(),
+                                           nn.Linear(emb_dim, emb_dim))
+            self.null_text = nn.Parameter(torch.zeros(cfg.text_dim))
+        else:
+            self.text_proj = None
         self.patch = cfg.patch_size
         c_pix = cfg.channels * cfg.patch_size**2  # channels after space-to-depth
         self.inp = nn.Conv2d(c_pix, base, 3, padding=1)
@@ -138,10 +150,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)  # start as "predict zero noise" (stable start)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x, t, y=None):
+    def forward(self, x, t, y=None, text=None):
         emb = self.time_mlp(timestep_embedding(t, self.base))  # (B, emb_dim)
         if self.class_emb is not None:
             emb = emb + self.class_emb(y)
+        if self.text_proj is not None:
+            emb = emb + self.text_proj(text)
         if self.patch > 1:  # (B, C, H, W) -> (B, C*p*p, H/p, W/p)
             x = F.pixel_unshuffle(x, self.patch)
         h = self.inp(x)
@@ -186,6 +200,9 @@ class DiffusionConfig:
     # nearly noise-free timesteps, easy and conflicting with the rest, stop dominating the
     # gradient, which speeds up convergence; 0 = the plain unweighted objective
     min_snr_gamma: Annotated[float, "[0, inf)"] = 0.0
+    # > 0: conditioned on text vectors of this width (text2image recipe), with the null-text
+    # vector dropped in at p_uncond for classifier-free guidance
+    text_dim: Annotated[int, "[0, inf)"] = 0
 
 
 class Diffusion(nn.Module):
@@ -220,11 +237,19 @@ class Diffusion(nn.Module):
         ab = self._gather(self.abar, t)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
-    def eps(self, x, t, y=None):
-        return self.net(x, t, y)
+    def eps(self, x, t, y=None, text=None):
+        return self.net(x, t, y, text)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
-        """x: (B, C, H, W) in [0, 1]. Returns {"loss": simple eps-MSE}."""
+    def _text_or_null(self, text: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+        if not self.cfg.text_dim:
+            return None
+        null = self.net.null_text.to(device).expand(n, -1)
+        return null if text is None else text.to(device)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                text: torch.Tensor | None = None) -> dict:
+        """x: (B, C, H, W) in [0, 1]; text (B, text_dim) for a text-conditioned model.
+        Returns {"loss": simple eps-MSE}."""
         x0 = x * 2 - 1
         B = x0.shape[0]
         t = torch.randint(0, self.cfg.timesteps, (B,), device=x0.device)
@@ -236,7 +261,12 @@ class Diffusion(nn.Module):
             y = torch.where(drop, torch.full_like(y, self.null_class), y.long())
         else:
             y = None
-        pred = self.net(self.q_sample(x0, t, noise), t, y)
+        if self.cfg.text_dim:
+            if text is None:
+                raise ValueError("this diffusion model is text-conditional: pass text vectors")
+            drop = torch.rand(B, device=x0.device) < self.cfg.p_uncond
+            text = torch.where(drop[:, None], self.net.null_text.expand(B, -1), text)
+        pred = self.net(self.q_sample(x0, t, noise), t, y, text)
         if not self.cfg.min_snr_gamma:
             return {"loss": F.mse_loss(pred, noise)}
         err = (pred - noise).pow(2).mean(dim=(1, 2, 3))  # (B,) per-image eps MSE
@@ -244,9 +274,18 @@ class Diffusion(nn.Module):
         weight = (snr.clamp(max=self.cfg.min_snr_gamma) / snr).float()
         return {"loss": (weight * err).mean(), "eps_mse": err.mean().detach()}
 
-    def _guided_eps(self, x, t, y, guidance: float):
+    def _guided_eps(self, x, t, y, guidance: float, text=None):
         """eps_u + w * (eps_c - eps_u); w = 1 is the plain conditional model, w = 0 the
         unconditional one, w > 1 trades diversity for class fidelity."""
+        if self.cfg.text_dim:
+            null = self.net.null_text.expand(len(x), -1)
+            if guidance == 1.0:
+                return self.net(x, t, None, text)
+            if guidance == 0.0:
+                return self.net(x, t, None, null)
+            e = self.net(torch.cat([x, x]), torch.cat([t, t]), None, torch.cat([text, null]))
+            e_c, e_u = e.chunk(2)
+            return e_u + guidance * (e_c - e_u)
         if not self.cfg.n_classes:
             return self.net(x, t, None)
         null = torch.full_like(y, self.null_class)
@@ -260,11 +299,13 @@ class Diffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, steps: int = 50, guidance: float = 1.0,
-               eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+               eta: float = 0.0, generator: torch.Generator | None = None,
+               text: torch.Tensor | None = None) -> torch.Tensor:
         """n images in [0, 1]. `steps` < timesteps uses DDIM (eta=0: deterministic, Song et
         al. 2021 eq. 12) on an evenly spaced sub-sequence of timesteps; steps == timesteps with
         eta=1 is ancestral DDPM sampling. For a conditional model, y=None samples
-        unconditionally (the null label)."""
+        unconditionally (the null label); a text-conditioned one takes `text` (n, text_dim)
+        (None = the null text)."""
         T = self.cfg.timesteps
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be between 1 and {T}, got {steps}")
@@ -276,13 +317,14 @@ class Diffusion(nn.Module):
             y = y.to(dev)
             if y.shape != (n,):
                 raise ValueError(f"y must have shape ({n},), got {tuple(y.shape)}")
+        text = self._text_or_null(text, n, dev)
         ts = torch.linspace(T - 1, 0, steps).round().long().tolist()  # descending timesteps
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             ab = self.abar[t].float()
             ab_prev = self.abar[t_prev].float() if t_prev >= 0 else torch.tensor(1.0, device=dev)
             tt = torch.full((n,), t, device=dev, dtype=torch.long)
-            e = self._guided_eps(x, tt, y, guidance)
+            e = self._guided_eps(x, tt, y, guidance, text)
             x0 = ((x - (1 - ab).sqrt() * e) / ab.sqrt()).clamp(-1, 1)
             e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # eps consistent with the clipped x0
             sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()

@@ -22,6 +22,9 @@ RECIPES: dict[str, str] = {
     "audio-classify": "genforge.recipes.audio_classify",
     "audio-generate": "genforge.recipes.audio_generate",
     "seq2seq": "genforge.recipes.seq2seq",
+    "contrastive": "genforge.recipes.contrastive",
+    "text2image": "genforge.recipes.text2image",
+    "captioning": "genforge.recipes.captioning",
 }
 
 
@@ -86,6 +89,8 @@ CAPABILITIES: dict[str, str] = {
                       "(B, T, T), mean over heads, in `model.attention`",
     "audio-input": "a classifier of normalised log-mel spectrograms (B, 1, n_mels, frames); "
                    "the recipe's `audio_input(cfg, files)` makes them (explain attributes to them)",
+    "text-prompt": "image generation from free text: sample(..., prompt=TEXT) (the server passes "
+                   "the request's prompt instead of matching a class name)",
     "translation": "a sequence-to-sequence run: the prompt (completions) or the last user "
                    "message (chat) is a source sentence; the recipe's `translate_stream(model, cfg, "
                    "source, temperature=, top_p=, top_k=, seed=, max_tokens=, stats=)` translates it "

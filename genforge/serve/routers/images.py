@@ -1,5 +1,7 @@
 """Image generation: POST /v1/images/generations. The prompt names a class ("sneaker", or a
-sentence containing a class name); the recipe's `sample` draws the images as one job."""
+sentence containing a class name), or, for a run with the `text-prompt` capability
+(text2image), is free text passed to `sample(prompt=...)`; the recipe's `sample` draws the
+images as one job."""
 from __future__ import annotations
 
 import re
@@ -29,8 +31,9 @@ def prepare(m: ServedModel, run_dir: Path) -> None:
 
 def describe(m: ServedModel, lim: Limits) -> dict:
     extra = {"classes": list(m.cfg.classes)} if m.cfg.classes else {}
-    return {**extra, "conditional": bool(m.cfg.conditional), "family": m.cfg.model,
-            "size": f"{m.cfg.width}x{m.cfg.height}"}
+    text_prompt = "text-prompt" in m.capabilities  # free text instead of a class name
+    return {**extra, "conditional": text_prompt or bool(getattr(m.cfg, "conditional", False)), "family": m.cfg.model,
+            "size": f"{m.cfg.width}x{m.cfg.height}", "text_prompt": text_prompt}
 
 
 def _match_label(m: ServedModel, prompt: str) -> int | None:
@@ -73,13 +76,18 @@ async def images(req: ImageRequest, request: Request):
     asked = {"guidance": req.guidance, "sampling-steps": req.steps}
     if any(value is not None and cap not in m.capabilities for cap, value in asked.items()):
         raise APIError(400, "guidance and steps apply to diffusion models only", param="guidance")
-    label = _match_label(m, req.prompt)
+    text_prompt = "text-prompt" in m.capabilities
+    if text_prompt and not req.prompt.strip():
+        raise APIError(400, "prompt: empty; describe the image, e.g. \"a pair of running shoes\"",
+                       param="prompt")
+    label = None if text_prompt else _match_label(m, req.prompt)
+    kw = {"prompt": req.prompt} if text_prompt else {"label": label}
     seed = secrets.randbits(62) if req.seed is None else req.seed
 
     def work():
         try:
-            images = m.recipe.sample(m.model, cfg, n=req.n, label=label, guidance=req.guidance,
-                                     steps=req.steps, seed=seed)
+            images = m.recipe.sample(m.model, cfg, n=req.n, guidance=req.guidance,
+                                     steps=req.steps, seed=seed, **kw)
         except (ConfigError, ValueError) as e:
             raise APIError(400, str(e)) from None
         yield [png_bytes(make_grid(img[None], nrow=1, padding=0)) for img in images]
@@ -87,5 +95,8 @@ async def images(req: ImageRequest, request: Request):
     pngs = await run_one(request, work())
     if pngs is None:
         return JSONResponse({}, status_code=499)
-    revised = cfg.classes[label] if label is not None else ("random class" if cfg.conditional else "unconditional")
+    revised = cfg.classes[label] if label is not None else ("random class" if getattr(cfg, "conditional", False) else "unconditional")
+    if text_prompt:  # the prompt itself, with the recipe's note when it does not look English
+        note = m.recipe.prompt_note(cfg, req.prompt) if hasattr(m.recipe, "prompt_note") else None
+        revised = req.prompt + (f" ({note})" if note else "")
     return fmt.images(pngs, revised, req.response_format)
