@@ -7,7 +7,11 @@ clients are asyncio + httpx streams in this process, each asking /v1/completions
 token (first non-empty text chunk; median and p95), per-stream tokens/s, and the aggregate
 tokens/s over the level's wall time (completion tokens from the server's usage counts).
 
-  python bench/bench_serve.py [RUN] [--levels 1,8,32] [--tokens 128] [--workers 2]
+  python bench/bench_serve.py [RUN] [--levels 1,8,32] [--tokens 128] [--workers 2] [--compare]
+
+--compare starts two servers, `--no-batching` (one forward per stream, the path before
+continuous batching) and the default (one batched forward per step for all streams), and runs
+each level on one then the other, alternating, so both see the same machine noise.
 
 RUN defaults to bench/out/lm/gpt-shakespeare (written by `bench/bench_lm.py gpt15`), or any
 run trained with `genforge train gpt-shakespeare`.
@@ -76,6 +80,26 @@ async def one_stream(client: httpx.AsyncClient, url: str, model: str, tokens: in
             "error": None if n == tokens else f"got {n} tokens"}
 
 
+def start_server(run: Path, workers: int, mode: str):
+    """`genforge serve RUN` as its own process -> (process, url, first model id)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(run), "--port", str(port),
+                               "--workers", str(workers), "--max-pending", "64", mode],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            health = httpx.get(url + "/health", timeout=2).json()
+            return server, url, health["models"][0]
+        except httpx.HTTPError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                sys.exit("error: the server did not start:\n" + server.communicate()[0])
+            time.sleep(0.3)
+
+
 async def level(url: str, model: str, clients: int, tokens: int) -> dict:
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
@@ -97,33 +121,30 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     ap.add_argument("--workers", type=int, default=2, help="server worker threads")
+    ap.add_argument("--no-batching", action="store_true", help="serve with --no-batching")
+    ap.add_argument("--compare", action="store_true",
+                    help="--no-batching and batching servers side by side, levels alternating")
     args = ap.parse_args()
     if not (args.run / "config.json").is_file():
         sys.exit(f"error: {args.run} is not a trained run; train one with `genforge train gpt-shakespeare "
                  f"--out {args.run}` or `python bench/bench_lm.py gpt15`")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(args.run), "--port", str(port),
-                               "--workers", str(args.workers), "--max-pending", "64"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    modes = ["--no-batching", "--batching"] if args.compare else \
+        ["--no-batching" if args.no_batching else "--batching"]
+    servers = {}
+    rows = []
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                health = httpx.get(url + "/health", timeout=2).json()
-                break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.time() > deadline:
-                    server.kill()
-                    sys.exit("error: the server did not start:\n" + server.communicate()[0])
-                time.sleep(0.3)
-        model = health["models"][0]
-        asyncio.run(level(url, model, 2, 16))  # warm-up: first-call allocations, JIT paths
-        rows = [asyncio.run(level(url, model, int(c), args.tokens)) for c in args.levels.split(",")]
+        for mode in modes:
+            servers[mode] = start_server(args.run, args.workers, mode)
+        model = servers[modes[0]][2]
+        for mode in modes:
+            asyncio.run(level(servers[mode][1], model, 2, 16))  # warm-up: first-call allocations
+        for c in args.levels.split(","):
+            for mode in modes:
+                rows.append({**asyncio.run(level(servers[mode][1], model, int(c), args.tokens)), "mode": mode})
     finally:
-        server.terminate()
-        server.wait(30)
+        for server, _, _ in servers.values():
+            server.terminate()
+            server.wait(30)
     import torch
 
     print(f"\n# genforge serve: {args.run.name} ({model}), {args.tokens} new tokens per request, prompt 'ROMEO:', "
@@ -131,10 +152,10 @@ def main() -> None:
     print(f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, server --workers {args.workers} "
           f"({max(1, (os.cpu_count() or 1) // args.workers)} torch thread(s) each), clients in a second process on the same cores, "
           f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load avg {os.getloadavg()[0]:.2f}")
-    print(f"{'concurrent streams':>18}  {'failed':>6}  {'TTFT p50':>9}  {'TTFT p95':>9}  "
+    print(f"{'server':>14}  {'concurrent streams':>18}  {'failed':>6}  {'TTFT p50':>9}  {'TTFT p95':>9}  "
           f"{'tokens/s per stream':>19}  {'tokens/s total':>14}  {'wall':>7}")
     for r in rows:
-        print(f"{r['clients']:>18}  {r['failed']:>6}  {r['ttft_p50'] * 1e3:>7.0f}ms  {r['ttft_p95'] * 1e3:>7.0f}ms  "
+        print(f"{r['mode']:>14}  {r['clients']:>18}  {r['failed']:>6}  {r['ttft_p50'] * 1e3:>7.0f}ms  {r['ttft_p95'] * 1e3:>7.0f}ms  "
               f"{r['stream_tps']:>19.1f}  {r['agg_tps']:>14.1f}  {r['wall']:>6.1f}s")
         for e in r["errors"]:
             print(f"    failure: {e}")

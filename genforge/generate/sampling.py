@@ -151,6 +151,34 @@ def _full_context_logits(model: Any, ctx: torch.Tensor) -> torch.Tensor:
     return logits[:, -1, :]
 
 
+class TokenSampler:
+    """The sampling state of one generation: its settings, its seeded generator and, for the
+    repetition penalty, the tokens already in the context. `sample_tokens` and the server's
+    continuous batching (genforge/serve/batching.py) both draw every token through one of
+    these, so a stream sampled from a row of a batched forward takes exactly the steps it
+    takes alone: same filters, same generator, same draws."""
+
+    def __init__(self, cfg: SamplingConfig, prompt: torch.Tensor):
+        self.cfg, self.prompt = cfg, prompt  # prompt (B, T) on the model's device
+        self.generator = None
+        if cfg.seed is not None:
+            self.generator = torch.Generator(device=prompt.device)
+            self.generator.manual_seed(cfg.seed)
+        self.seen: torch.Tensor | None = None  # (B, V) tokens already in the context
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token (B,) from last-position logits (B, V); recorded as seen."""
+        if self.cfg.repetition_penalty != 1.0 and self.seen is None:
+            self.seen = torch.zeros_like(logits, dtype=torch.bool)
+            self.seen.scatter_(1, self.prompt.clamp(max=logits.size(-1) - 1), True)
+        with torch.inference_mode():
+            tok = next_token(logits, self.cfg, self.seen, self.generator)  # (B,)
+        tok = tok.clone()  # a normal tensor: the caller may use it outside inference mode
+        if self.seen is not None:
+            self.seen.scatter_(1, tok.unsqueeze(1), True)
+        return tok
+
+
 def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
                   use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield the generated tokens one step at a time, each a (B,) tensor.
@@ -162,11 +190,7 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
         raise ValueError("prompt must be a (batch, length) tensor with at least one token")
     device = _device(model)
     prompt = prompt.to(device)
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed)
-    seen = None  # (B, V) tokens already in the context, for the repetition penalty
+    sampler = TokenSampler(cfg, prompt)
     state = None
     ctx = prompt[:, :0]  # the context re-run without a cache, (B, <= context_size)
 
@@ -186,15 +210,8 @@ def sample_tokens(model: Any, prompt: torch.Tensor, cfg: SamplingConfig,
     try:
         logits = advance(prompt)
         for _ in range(cfg.max_new_tokens):
-            if cfg.repetition_penalty != 1.0 and seen is None:
-                seen = torch.zeros_like(logits, dtype=torch.bool)
-                seen.scatter_(1, prompt.clamp(max=logits.size(-1) - 1), True)
-            with torch.inference_mode():
-                tok = next_token(logits, cfg, seen, generator)  # (B,)
-            tok = tok.clone()  # a normal tensor: the caller may use it outside inference mode
+            tok = sampler(logits)
             yield tok
-            if seen is not None:
-                seen.scatter_(1, tok.unsqueeze(1), True)
             logits = advance(tok.unsqueeze(1))
     finally:
         model.train(was_training)
@@ -226,57 +243,82 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return best
 
 
-def stream_text(model: Any, tokenizer: Tokenizer, prompt: str | Sequence[int] = "",
-                cfg: SamplingConfig | None = None, stats: dict | None = None,
-                **overrides: Any) -> Iterator[str]:
-    """Yield the continuation of `prompt` (text, or token ids already encoded, e.g. by a chat
-    template) piece by piece as it is generated (batch of one).
+class TextAssembler:
+    """Generated token ids -> the text pieces a stream shows, with stop strings and stop ids.
 
     Decoding covers every token since the last point where all text so far had been shown
     (so a byte-level token that splits a UTF-8 character is shown only once the character is
     complete, and a partial stop string is held back), not the whole continuation: the
-    per-token cost stays flat however long the stream. A stop string ends the stream and is
-    not yielded; so does a token of `stop_ids`. `stats`, when given, is kept up to date with
-    `completion_tokens` (tokens sampled so far) and, once the stream ends, `finish_reason`:
-    "stop" (a stop string or token) or "length" (max_new_tokens)."""
-    cfg = SamplingConfig(**{**(vars(cfg) if cfg else {}), **overrides})
-    stats = {} if stats is None else stats
-    stats["completion_tokens"] = 0
-    stops = [s for s in cfg.stop if s]
-    stop_ids = set(cfg.stop_ids)
-    ids = torch.tensor([_prompt_ids(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)],
-                       dtype=torch.long)
-    generated: list[int] = []
-    stopped = False  # by a token of stop_ids
-    base = 0  # tokens before this were decoded and shown in full (nothing held back)
-    shown = 0  # characters of decode(generated[base:]) already yielded
-    text = ""
-    for tok in sample_tokens(model, ids, cfg):
-        stats["completion_tokens"] = len(generated) + 1
-        if int(tok[0]) in stop_ids:
-            stopped = True
-            break
-        generated.append(int(tok[0]))
-        text = tokenizer.decode(generated[base:])
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-            continue
-        cut = _first_stop(text, stops, shown)
+    per-token cost stays flat however long the stream. `push(token)` returns the pieces it
+    releases; `done` turns True when a stop string or stop id ended the text; `finish()`
+    returns what is left at the end. `stats` is kept up to date with `completion_tokens`
+    and, at the end, `finish_reason` ("stop" or "length")."""
+
+    def __init__(self, tokenizer: Tokenizer, cfg: SamplingConfig, stats: dict):
+        self.tokenizer, self.stats = tokenizer, stats
+        stats["completion_tokens"] = 0
+        self.stops = [s for s in cfg.stop if s]
+        self.stop_ids = set(cfg.stop_ids)
+        self.generated: list[int] = []
+        self.base = 0  # tokens before this were decoded and shown in full (nothing held back)
+        self.shown = 0  # characters of decode(generated[base:]) already yielded
+        self.text = ""
+        self.done = False
+
+    def push(self, tok: int) -> list[str]:
+        self.stats["completion_tokens"] = len(self.generated) + 1
+        if tok in self.stop_ids:
+            return self.finish(stopped=True)
+        self.generated.append(tok)
+        self.text = self.tokenizer.decode(self.generated[self.base:])
+        if self.text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            return []
+        cut = _first_stop(self.text, self.stops, self.shown)
         if cut >= 0:
-            stats["finish_reason"] = "stop"
-            if cut > shown:
-                yield text[shown:cut]
+            self.stats["finish_reason"] = "stop"
+            self.done = True
+            return [self.text[self.shown:cut]] if cut > self.shown else []
+        pieces = []
+        safe = len(self.text) - _held_back(self.text, self.stops)
+        if safe > self.shown:
+            pieces.append(self.text[self.shown:safe])
+            self.shown = safe
+        if self.shown == len(self.text):  # all shown: no stop string can straddle this point
+            self.base, self.shown, self.text = len(self.generated), 0, ""
+        return pieces
+
+    def finish(self, stopped: bool = False) -> list[str]:
+        """The rest of the text once the generation ends (`stopped`: by a stop id)."""
+        self.done = True
+        cut = _first_stop(self.text, self.stops, self.shown)
+        self.stats["finish_reason"] = "stop" if cut >= 0 or stopped else "length"
+        end = cut if cut >= 0 else len(self.text)
+        return [self.text[self.shown:end]] if end > self.shown else []
+
+
+def prompt_tensor(tokenizer: Tokenizer, prompt: str | Sequence[int]) -> torch.Tensor:
+    """A prompt (text, or token ids already encoded) as the (1, T) ids a stream starts from."""
+    return torch.tensor([_prompt_ids(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)],
+                        dtype=torch.long)
+
+
+def stream_text(model: Any, tokenizer: Tokenizer, prompt: str | Sequence[int] = "",
+                cfg: SamplingConfig | None = None, stats: dict | None = None,
+                **overrides: Any) -> Iterator[str]:
+    """Yield the continuation of `prompt` (text, or token ids already encoded, e.g. by a chat
+    template) piece by piece as it is generated (batch of one), through a `TextAssembler`.
+
+    A stop string ends the stream and is not yielded; so does a token of `stop_ids`.
+    `stats`, when given, is kept up to date with `completion_tokens` (tokens sampled so far)
+    and, once the stream ends, `finish_reason`: "stop" (a stop string or token) or "length"
+    (max_new_tokens)."""
+    cfg = SamplingConfig(**{**(vars(cfg) if cfg else {}), **overrides})
+    text = TextAssembler(tokenizer, cfg, {} if stats is None else stats)
+    for tok in sample_tokens(model, prompt_tensor(tokenizer, prompt), cfg):
+        yield from text.push(int(tok[0]))
+        if text.done:
             return
-        safe = len(text) - _held_back(text, stops)
-        if safe > shown:
-            yield text[shown:safe]
-            shown = safe
-        if shown == len(text):  # all shown: no stop string can straddle this point
-            base, shown, text = len(generated), 0, ""
-    cut = _first_stop(text, stops, shown)
-    stats["finish_reason"] = "stop" if cut >= 0 or stopped else "length"
-    end = cut if cut >= 0 else len(text)
-    if end > shown:
-        yield text[shown:end]
+    yield from text.finish()
 
 
 def _first_stop(text: str, stops: Sequence[str], shown: int) -> int:

@@ -150,7 +150,10 @@ class KVCache:
     Eager mode: `pos` (an int) positions are filled; `append` writes the new ones and returns
     views of everything so far. Static mode (`static_view`, used inside a compiled decode
     step): `pos` is a 0-d tensor, one token is written with `index_copy_`, and the whole
-    buffer is returned with a mask of the filled slots, so every shape stays fixed.
+    buffer is returned with a mask of the filled slots, so every shape stays fixed. Static
+    mode with per-row positions (`pos` a (B,) tensor: continuous batching, where each row is
+    a different stream at its own length): one token per row is written at that row's
+    position and each row's mask covers its own filled slots.
 
     `tokens` (B, pos) records the ids fed so far, so a model can rebuild a full context;
     `cross` holds per-layer keys/values computed once from an encoder's states."""
@@ -169,7 +172,8 @@ class KVCache:
     @classmethod
     def static_view(cls, k: list[torch.Tensor], v: list[torch.Tensor],
                     pos: torch.Tensor) -> "KVCache":
-        """A cache over existing buffers at tensor position `pos`, for compiled decoding."""
+        """A cache over existing buffers at tensor position `pos`: 0-d (every row at the same
+        length; compiled decoding) or (B,) (each row at its own length; one new token per row)."""
         self = cls.__new__(cls)
         self.k, self.v, self.max_len, self.pos, self.static = k, v, k[0].size(2), pos, True
         self.tokens, self.cross = None, {}
@@ -180,7 +184,9 @@ class KVCache:
         return self.k[0].size(0)
 
     def positions(self, t: int, device: torch.device | str) -> torch.Tensor:
-        """Absolute positions (t,) of the next t tokens."""
+        """Absolute positions (t,) of the next t tokens; (B, t) with per-row positions."""
+        if isinstance(self.pos, torch.Tensor) and self.pos.dim() == 1:
+            return self.pos[:, None] + torch.arange(t, device=device)
         return self.pos + torch.arange(t, device=device)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -188,6 +194,14 @@ class KVCache:
         eager: the filled prefix and valid=None; static: the whole buffers and valid, a
         (1, 1, 1, max_len) mask of the slots filled so far."""
         t = k.size(2)
+        if self.static and self.pos.dim() == 1:  # per-row positions: row b writes at pos[b]
+            if t != 1:
+                raise ValueError(f"a cache with per-row positions takes one token per row, got {t}")
+            rows = torch.arange(k.size(0), device=k.device)
+            self.k[layer][rows, :, self.pos] = k[:, :, 0]
+            self.v[layer][rows, :, self.pos] = v[:, :, 0]
+            valid = torch.arange(self.max_len, device=k.device) <= self.pos[:, None]  # (B, max_len)
+            return self.k[layer], self.v[layer], valid[:, None, None, :]
         if self.static:
             idx = self.positions(t, k.device)
             self.k[layer].index_copy_(2, idx, k)

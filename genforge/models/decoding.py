@@ -85,12 +85,8 @@ class CausalDecoder:
         if state is None:
             state = self.new_state(idx.size(0), idx.size(1))
         if state.pos + idx.size(1) > ctx:
-            keep = max(ctx // 2 - idx.size(1), 0)
-            tail = torch.cat([state.tokens, idx], dim=1)[:, -(keep + idx.size(1)):]
-            tail = tail[:, -ctx:]
-            state = self.new_state(idx.size(0))  # a generation this long fills the context
-            idx = tail
-        elif state.pos + idx.size(1) > state.max_len:
+            return self.rebuild(state.tokens, idx)
+        if state.pos + idx.size(1) > state.max_len:
             state = self._grown(state, state.pos + idx.size(1))
         if compiled and idx.size(1) == 1 and not self.training:
             from torch._dynamo.exc import FailOnRecompileLimitHit
@@ -105,6 +101,18 @@ class CausalDecoder:
                 return logits, state
         logits = self(idx, state)
         return logits[:, -1, :], state
+
+    def rebuild(self, tokens: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """The context-full rule of `step`: new tokens idx (B, T) that do not fit after the
+        cached `tokens` (B, pos) restart the cache from the last half of the context, ending
+        with idx. Returns the last logits (B, vocab) and the new cache (continuous batching
+        applies the same rule to one stream of a batch)."""
+        ctx = self.context_size
+        keep = max(ctx // 2 - idx.size(1), 0)
+        tail = torch.cat([tokens, idx], dim=1)[:, -(keep + idx.size(1)):]
+        tail = tail[:, -ctx:]
+        state = self.new_state(idx.size(0))  # a generation this long fills the context
+        return self(tail, state)[:, -1, :], state
 
     def _decode_one(self, tok: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
                     vs: list[torch.Tensor]) -> torch.Tensor:

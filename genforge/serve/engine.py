@@ -7,6 +7,12 @@ iterators one item at a time in turn (round robin). So the event loop never bloc
 model, every stream in flight makes progress (a long stream does not hold a worker while
 32 others wait), and a cancelled job (its client went away) is dropped at its next turn.
 Admission is bounded: more than `max_pending` jobs in flight is refused with 429.
+
+Text streams of a decoder Transformer are continuously batched (genforge/serve/batching.py):
+such a job's first turn prefills its prompt alone; then it joins its model's
+`ContinuousBatcher`, which takes turns in the same round robin as one entry, each turn one
+forward for every active stream of that model (`--no-batching`: one iterator per stream,
+as before).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import torch
 
+from genforge.serve.batching import BatchedStream, ContinuousBatcher
 from genforge.serve.errors import APIError
 from genforge.train.checkpoint import RunError, load_run
 
@@ -37,6 +44,7 @@ class Limits:
     max_images: int = 16  # images per request
     max_inputs: int = 64  # inputs per classification request
     max_body_bytes: int = 4 << 20  # request bodies larger than this -> 413
+    batching: bool = True  # decode the streams of one model in one batched forward per turn
 
 
 @dataclass
@@ -52,6 +60,7 @@ class ServedModel:
     capabilities: frozenset[str] = frozenset()  # what the recipe declares (genforge.recipes.CAPABILITIES)
     tokenizer: Any = None  # set by the text-generation router's prepare
     chat_template: Any = None
+    batcher: Any = None  # its ContinuousBatcher, made on first use when batching applies
 
 
 def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "cpu") -> dict[str, ServedModel]:
@@ -203,16 +212,71 @@ class WorkerPool:
             else:
                 self.completed += 1
 
+    def _prefill(self, job: Job) -> None:
+        """A batched stream's first turn: its prompt alone and first token; then it joins its
+        model's batcher (scheduled when idle)."""
+        stream: BatchedStream = job.it
+        stream.job = job
+        try:
+            pieces = stream.prefill()
+        except BaseException as e:  # handed to the request, which answers it
+            job.batch._put((job.tag, "error", e))
+            self._finish(job)
+            return
+        for piece in pieces:
+            job.batch._put((job.tag, "item", piece))
+        if stream.finished:
+            job.batch._put((job.tag, _DONE, None))
+            self._finish(job)
+        elif stream.batcher.join(stream):
+            self._ready.put(stream.batcher)
+
+    def _turn(self, batcher: ContinuousBatcher) -> None:
+        """One batched decode step for every active stream of a model."""
+        try:
+            stepped, cancelled = batcher.turn()
+        except BaseException as e:  # the batch's cache is now unknown: fail its streams
+            for s in batcher.drop_all():
+                s.job.batch._put((s.job.tag, "error", e))
+                self._finish(s.job)
+            stepped, cancelled = [], []
+        for s in cancelled:
+            self._finish(s.job, cancelled=True)
+        for s, pieces in stepped:
+            for piece in pieces:
+                s.job.batch._put((s.job.tag, "item", piece))
+            if s.finished:
+                s.job.batch._put((s.job.tag, _DONE, None))
+                self._finish(s.job)
+        if batcher.release():
+            self._ready.put(batcher)  # back of the line, like any job
+
     def _work(self) -> None:
         while True:
             job = self._ready.get()
             if job is None:
                 return
+            if isinstance(job, ContinuousBatcher):
+                with self._lock:
+                    self.running += 1
+                try:
+                    self._turn(job)
+                finally:
+                    with self._lock:
+                        self.running -= 1
+                continue
             if job.cancelled:
                 self._finish(job, cancelled=True)
                 continue
             with self._lock:
                 self.running += 1
+            if isinstance(job.it, BatchedStream):
+                try:
+                    self._prefill(job)
+                finally:
+                    with self._lock:
+                        self.running -= 1
+                continue
             try:
                 item = next(job.it)
             except StopIteration:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from genforge.generate.sampling import SamplingConfig, stop_strings, stream_text
 from genforge.serve import openai_format as fmt
+from genforge.serve.batching import ContinuousBatcher, batchable
 from genforge.serve.chat import load_chat_template
 from genforge.serve.engine import Limits, ServedModel
 from genforge.serve.errors import APIError, log, unsupported
@@ -104,7 +105,12 @@ def _translation(m: ServedModel, sc: SamplingConfig, temperature: float | None,
     return sc
 
 
-def _text_job(m: ServedModel, prompt: str | list[int], sc: SamplingConfig, seed: int, stats: dict):
+def _text_job(m: ServedModel, prompt: str | list[int], sc: SamplingConfig, seed: int, stats: dict,
+              lim: Limits):
+    if lim.batching and batchable(m):  # one batched forward per turn for all of m's streams
+        if m.batcher is None:
+            m.batcher = ContinuousBatcher(m.model)
+        return m.batcher.stream(m.tokenizer, prompt, SamplingConfig(**{**vars(sc), "seed": seed}), stats)
     if "translation" in m.capabilities:  # the prompt is the source sentence
         return m.recipe.translate_stream(m.model, m.cfg, prompt, temperature=sc.temperature,
                                          top_p=sc.top_p, top_k=sc.top_k, seed=seed,
@@ -137,7 +143,7 @@ async def completions(req: CompletionRequest, request: Request):
     seeds = _seeds(req.seed, len(prompts) * req.n)
     stats = [dict() for _ in seeds]
     # choice k continues prompt k // n: the n choices of each prompt are adjacent, as OpenAI orders them
-    jobs = [(k, _text_job(m, prompts[k // req.n], sc, seeds[k], stats[k])) for k in range(len(seeds))]
+    jobs = [(k, _text_job(m, prompts[k // req.n], sc, seeds[k], stats[k], lim)) for k in range(len(seeds))]
     echo = [prompts[k // req.n] if req.echo else "" for k in range(len(seeds))]
     return await _text_response(request, req, m, jobs, stats, n_prompt, chat=False, echo=echo)
 
@@ -171,7 +177,7 @@ async def chat(req: ChatRequest, request: Request):
         sc = _translation(m, sc, req.temperature, max_tokens)
     seeds = _seeds(req.seed, req.n)
     stats = [dict() for _ in seeds]
-    jobs = [(k, _text_job(m, ids if source is None else source, sc, seeds[k], stats[k]))
+    jobs = [(k, _text_job(m, ids if source is None else source, sc, seeds[k], stats[k], lim))
             for k in range(req.n)]
     return await _text_response(request, req, m, jobs, stats, len(ids), chat=True)
 
