@@ -1,0 +1,156 @@
+"""Pretrained encoders and transfer learning (issue 18): prints one markdown table per part.
+
+  a  minilm-rt-polarity fine-tuned: the seeded split's test accuracy, then CV folds (--folds N)
+  b  linear probe on frozen MiniLM (minilm-probe-rt-polarity)
+  c  MiniLM sentence embedding throughput, batch 64: genforge vs sentence-transformers,
+     alternating rounds, every round printed
+  d  transfer curve: a CNN pre-trained on Fashion-MNIST, fine-tuned on MNIST (the offline
+     test-only copy's carved splits) with the first 100 / 1000 training images (about 10 /
+     100 per class) vs the same CNN from scratch, same steps, several seeds
+  e  text-classify cnn on rt-polarity: word2vec-initialised embeddings (non-static) vs random
+
+    GENFORGE_DATA=/work/shared/data OMP_NUM_THREADS=2 python bench/bench_transfer.py --parts c,d,e,b
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from genforge.config import make_config
+from genforge.recipes import get_recipe, resolve
+from genforge.train.trainer import fit_model
+
+QUIET = dict(log=lambda s: None)
+
+
+def _train(name: str, overrides: dict, out: Path):
+    rname, recipe, preset = resolve(name)
+    cfg = make_config(recipe, {**preset, "plots": False, **overrides})
+    t0 = time.perf_counter()
+    _, model = fit_model(rname, cfg, out, **QUIET)
+    minutes = (time.perf_counter() - t0) / 60
+    return recipe, cfg, model, minutes
+
+
+def _test_acc(recipe, cfg, model, split="test") -> float:
+    cfg.eval_batches = 0
+    return float(recipe.evaluate(model.eval(), cfg, split)["accuracy"])
+
+
+def part_a(tmp: Path, folds: int) -> None:
+    print("\n### (a) minilm-rt-polarity, full fine-tuning\n")
+    print("| split | test/fold accuracy | minutes |\n|---|---|---|")
+    r, cfg, m, mins = _train("minilm-rt-polarity", {}, tmp / "a")
+    print(f"| seeded 80/10/10 (test) | {100 * _test_acc(r, cfg, m):.1f}% | {mins:.1f} |", flush=True)
+    accs = []
+    for fold in range(folds):
+        r, cfg, m, mins = _train("minilm-rt-polarity", {"fold": fold}, tmp / f"a{fold}")
+        accs.append(_test_acc(r, cfg, m, "val"))
+        print(f"| fold {fold} of 10 | {100 * accs[-1]:.1f}% | {mins:.1f} |", flush=True)
+    if accs:
+        print(f"\n{len(accs)} of 10 folds ran; their mean {100 * statistics.mean(accs):.1f}% "
+              f"(not a 10-fold mean unless 10 ran)")
+
+
+def part_b(tmp: Path, epochs: float) -> None:
+    print("\n### (b) linear probe on frozen MiniLM (minilm-probe-rt-polarity)\n")
+    r, cfg, m, mins = _train("minilm-probe-rt-polarity", {"epochs": epochs}, tmp / "b")
+    print(f"| epochs | test accuracy | minutes |\n|---|---|---|\n| {epochs:g} | "
+          f"{100 * _test_acc(r, cfg, m):.1f}% | {mins:.1f} |", flush=True)
+
+
+def part_c(n: int, rounds: int) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from genforge.pretrained.bert import packaged_folder
+    from genforge.pretrained.run import import_run
+    from genforge.data.tabular_text import load_labelled_text
+    from genforge.train.checkpoint import load_run
+
+    texts = list(load_labelled_text("rt-polarity", "text", "label").texts[:n])
+    with tempfile.TemporaryDirectory() as d:
+        run = import_run("minilm", Path(d) / "minilm", log=lambda s: None)
+        recipe, cfg, model = load_run(run)
+    model.eval()
+    st = SentenceTransformer(str(packaged_folder("minilm")), device="cpu")
+    ours = lambda: recipe.embed(model, cfg, texts, batch_size=64)  # noqa: E731
+    theirs = lambda: st.encode(texts, batch_size=64, convert_to_numpy=True)  # noqa: E731
+    ours(), theirs()  # warm-up
+    print(f"\n### (c) MiniLM embedding throughput, {n} rt-polarity sentences, batch 64, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| round | genforge sent/s | sentence-transformers sent/s | ratio |\n|---|---|---|---|")
+    ratios = []
+    for i in range(rounds):
+        rates = {}
+        for name, fn in ((("genforge", ours), ("st", theirs)) if i % 2 == 0 else
+                         (("st", theirs), ("genforge", ours))):
+            t0 = time.perf_counter()
+            fn()
+            rates[name] = n / (time.perf_counter() - t0)
+        ratios.append(rates["genforge"] / rates["st"])
+        print(f"| {i + 1} | {rates['genforge']:.0f} | {rates['st']:.0f} | {ratios[-1]:.2f}x |", flush=True)
+    print(f"\nmedian ratio {statistics.median(ratios):.2f}x")
+
+
+def part_d(tmp: Path, seeds: int, pre_steps: int, steps: int) -> None:
+    base = {"model": "cnn", "batch_size": 32, "lr": 2e-3, "model.channels": (16, 32),
+            "model.dense": 64, "eval_batches": 0, "schedule": "constant"}
+    _, _, _, mins = _train("image-classify", {**base, "data": "fashion-mnist", "max_steps": pre_steps},
+                           tmp / "fmnist")
+    print(f"\n### (d) transfer curve: Fashion-MNIST CNN ({pre_steps} steps, {mins:.1f} min) -> MNIST, "
+          f"{steps} steps each\n")
+    print("| MNIST training images | seed | from scratch | fine-tuned from Fashion-MNIST |\n|---|---|---|---|")
+    for n in (100, 1000):
+        for seed in range(seeds):
+            accs = []
+            for init in ("", str(tmp / "fmnist")):
+                r, cfg, m, _ = _train("image-classify", {**base, "data": "mnist", "train_limit": n,
+                                                         "max_steps": steps, "seed": seed,
+                                                         "init_from": init}, tmp / f"d{n}-{seed}-{bool(init)}")
+                accs.append(_test_acc(r, cfg, m))
+            print(f"| {n} (~{n // 10}/class) | {seed} | {100 * accs[0]:.1f}% | {100 * accs[1]:.1f}% |", flush=True)
+
+
+def part_e(tmp: Path, seeds: int, epochs: float) -> None:
+    rw, wcfg, _, wmins = _train("word-embeddings", {"epochs": 2}, tmp / "w2v")
+    print(f"\n### (e) rt-polarity CNN, word2vec-initialised (non-static) vs random embeddings, "
+          f"{epochs:g} epochs (word2vec: {wmins:.1f} min)\n")
+    print("| seed | random init | word2vec init |\n|---|---|---|")
+    common = {"model.emb_dim": wcfg.model_cfg.dim, "epochs": epochs}
+    for seed in range(seeds):
+        accs = []
+        for init in ("", str(tmp / "w2v")):
+            r, cfg, m, _ = _train("cnn-rt-polarity", {**common, "seed": seed, "init_embeddings": init},
+                                  tmp / f"e{seed}-{bool(init)}")
+            accs.append(_test_acc(r, cfg, m))
+        print(f"| {seed} | {100 * accs[0]:.1f}% | {100 * accs[1]:.1f}% |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="c,d,e,b")
+    ap.add_argument("--folds", type=int, default=0, help="(a): CV folds to run after the seeded split")
+    ap.add_argument("--probe-epochs", type=float, default=3)
+    ap.add_argument("--sentences", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--pre-steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--text-epochs", type=float, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for part in args.parts.split(","):
+            {"a": lambda: part_a(tmp, args.folds), "b": lambda: part_b(tmp, args.probe_epochs),
+             "c": lambda: part_c(args.sentences, args.rounds),
+             "d": lambda: part_d(tmp, args.seeds, args.pre_steps, args.steps),
+             "e": lambda: part_e(tmp, args.seeds, args.text_epochs)}[part.strip()]()
+
+
+if __name__ == "__main__":
+    main()
