@@ -188,5 +188,5 @@ def cli_generate(model, cfg: Config, run_dir, image=None, **unused) -> list[str]
         raise ConfigError("captioning runs describe an image: --image x.png")
     x = load_image(Path(image), cfg.channels, (cfg.height, cfg.width))[None]
     caps = caption_images(model, cfg, x)
-    print(caps[0])
+    print(caps[0] or "(an empty caption: the model ended at once; train it longer)")
     return caps
