@@ -337,8 +337,10 @@ def logged_training_time(run_dir: str | Path, cfg) -> tuple[float, int]:
     return seconds, steps
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
-    """A run directory -> (recipe module, cfg, model in eval mode). Needs nothing else."""
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
+             quantize: str | None = None):
+    """A run directory -> (recipe module, cfg, model in eval mode). Needs nothing else.
+    quantize="int8": Linear weights as int8 for inference (genforge/pretrained/quantize.py)."""
     run_dir = Path(run_dir)
     _, recipe, cfg = read_config(run_dir)
     model = recipe.build(cfg, run_dir=run_dir)
@@ -348,7 +350,12 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     path = weights_path(run_dir, which)
     verify_file(path)
     load_weights(model, path, run_dir)
-    return recipe, cfg, model.to(device).eval()
+    model = model.to(device).eval()
+    if quantize:
+        from genforge.pretrained.quantize import quantize_model
+
+        quantize_model(model, quantize)
+    return recipe, cfg, model
 
 
 def _np_state_to_tensors(state) -> dict:
@@ -429,6 +436,14 @@ def _point(link: Path, target: str) -> None:
     tmp = link.with_name(link.name + ".tmp")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
+    if link.is_dir() and not link.is_symlink():
+        # a run copied by a tool that follows links (shutil.copytree, cp -rL) holds a real
+        # folder here, which a rename cannot replace; set it aside (the new checkpoint is
+        # already complete) and let _prune remove it
+        aside = link.with_name(link.name + ".copied.tmp")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.rename(link, aside)
     os.symlink(target, tmp)
     os.replace(tmp, link)
     _fsync_dir(link.parent)
