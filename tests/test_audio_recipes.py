@@ -1,16 +1,20 @@
 """audio-classify and audio-generate end to end on real FSDD slices: train a little, then
 `genforge predict`, `genforge explain` and `genforge generate` as a user runs them, and the
-one clear message for each kind of bad input."""
+one clear message for each kind of bad input. The CLI runs in-process (typer's CliRunner,
+with genforge.cli.main's handling of user errors); one tiny run of each recipe per module."""
 import io
 import os
 import subprocess
 import sys
 import wave
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from genforge.cli import _user_errors, app
 from genforge.config import make_config
 from genforge.recipes import get_recipe
 from genforge.train.trainer import fit
@@ -34,6 +38,22 @@ def runs(tmp_path_factory):
 
 
 def genforge(*args, ok=True):
+    """`genforge ARGS` in this process: stdout, stderr and the exit status as the command line
+    gives them (a user error is genforge.cli.main's one line `error: ...` and status 2; any
+    other exception is a traceback, so it fails the test)."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    stderr, code = res.stderr, res.exit_code
+    if isinstance(res.exception, _user_errors()):
+        stderr, code = stderr + f"error: {res.exception}\n", 2
+    elif res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    p = SimpleNamespace(stdout=res.stdout, stderr=stderr, returncode=code)
+    assert (p.returncode == 0) == ok, p.stdout + p.stderr
+    return p
+
+
+def genforge_subprocess(*args, ok=True):
+    """The real console entry point in a child process (for the one test that checks it)."""
     p = subprocess.run([sys.executable, "-m", "genforge", *map(str, args)], capture_output=True,
                        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert (p.returncode == 0) == ok, p.stdout + p.stderr
@@ -79,6 +99,15 @@ def test_bad_files_get_one_clear_line(runs, tmp_path, content, message):
     p.write_bytes(content)
     r = genforge("predict", runs / "clf", p, ok=False)
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_bad_file_through_the_real_command_line(runs, tmp_path):
+    """The same one line from `python -m genforge` itself (a child process: ~10 s of imports)."""
+    p = tmp_path / "bad.wav"
+    p.write_bytes(b"GIF89a not a sound")
+    r = genforge_subprocess("predict", runs / "clf", p, ok=False)
+    assert "neither a WAV nor a FLAC" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_folder_of_audio(runs, tmp_path):
