@@ -72,7 +72,8 @@ class Config(TrainConfig):
     batch_size: int = 16
     lr: float = 1e-3
     min_lr: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.05  # 100 of the default 2000 steps; a shortened run warms up in step
     betas: tuple[float, float] = (0.9, 0.99)  # beta2 0.99: small batches, noisy gradients
     weight_decay: float = 0.1
     grad_clip: float = 1.0
