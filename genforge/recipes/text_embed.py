@@ -220,17 +220,24 @@ def embed(model, cfg: Config, inputs: list, batch_size: int = 64) -> dict:
     device = next(model.parameters()).device
     out, n_tokens, n_cut = [], 0, 0
     vocab = cfg.model_cfg.vocab_size
-    for i in range(0, len(inputs), batch_size):
-        chunk = inputs[i: i + batch_size]
-        for x in chunk:
-            if isinstance(x, (list, tuple)) and any(not 0 <= int(t) < vocab for t in x):
-                raise ConfigError(f"token ids must be in 0..{vocab - 1} for this model")
-        ids, count, cut = encode(tok, cfg, chunk, _limit(cfg))
-        out.append(model(ids.to(device)).float().cpu())
-        n_tokens, n_cut = n_tokens + count, n_cut + cut
+    for x in inputs:
+        if isinstance(x, (list, tuple)) and any(not 0 <= int(t) < vocab for t in x):
+            raise ConfigError(f"token ids must be in 0..{vocab - 1} for this model")
+    # batch inputs of similar length together (as sentence-transformers does): a batch is
+    # padded to its longest member, so input order would waste most of the work on padding
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            chunk = [inputs[j] for j in order[i: i + batch_size]]
+            ids, count, cut = encode(tok, cfg, chunk, _limit(cfg))
+            out.append(model(ids.to(device)).float().cpu())
+            n_tokens, n_cut = n_tokens + count, n_cut + cut
     if n_cut and id(model) not in _NOTED:
         _NOTED.add(id(model))
         print(f"note: {n_cut} input(s) longer than {_limit(cfg)} tokens were truncated "
               "(the encoder's maximum length)", file=sys.stderr)
-    vectors = torch.cat(out) if out else torch.zeros(0, cfg.model_cfg.d_model)
+    vectors = torch.zeros(0, cfg.model_cfg.d_model)
+    if out:
+        vectors = torch.empty(len(inputs), out[0].size(1))
+        vectors[torch.tensor(order)] = torch.cat(out)  # back to the caller's order
     return {"vectors": vectors, "tokens": n_tokens, "truncated": n_cut}
