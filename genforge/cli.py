@@ -404,6 +404,8 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="random seed"),
     compile_: bool = typer.Option(False, "--compile", help="GPT: compile the decode step "
                                   "(seconds once, then faster tokens; needs a C++ compiler)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: Linear weights as "
+                                           "int8 per output channel (4x less weight memory; see README)"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Generate text or images from a trained run."""
@@ -413,7 +415,7 @@ def generate(
 
     if beams is not None and beams < 1:
         raise typer.BadParameter(f"--beams must be >= 1 (1 = greedy), got {beams}")
-    recipe, cfg, model = load_run(run, checkpoint)
+    recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if not hasattr(recipe, "cli_generate"):
         raise typer.BadParameter(f"{run} ({cfg.model}) is not a generative model")
     if prompt and len(prompt) > 1 and "translation" not in capabilities(recipe, cfg):
@@ -439,6 +441,8 @@ def chat(
     top_k: int = typer.Option(0, "--top-k", help="sample from the k most likely tokens (0 = all)"),
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
     seed: Optional[int] = typer.Option(None, help="random seed (turn k uses seed + k)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: Linear weights as "
+                                           "int8 per output channel (4x less weight memory; see README)"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Chat with a language model: answers stream as they are written, the conversation is
@@ -448,7 +452,7 @@ def chat(
     from genforge.generate.sampling import SamplingConfig
     from genforge.train.checkpoint import load_run
 
-    recipe, cfg, model = load_run(run, checkpoint)
+    recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if getattr(recipe, "TASK", None) != "text-generation":
         raise typer.BadParameter(f"{run} is not a language model ({recipe.__name__.rsplit('.', 1)[-1]} run)")
     tokenizer = recipe.tokenizer(cfg, run)
