@@ -4,6 +4,10 @@ Every recipe's `Config` subclasses `TrainConfig`, so the shared vocabulary (`lr`
 `batch_size`, `max_steps`, ...) is spelled the same everywhere. The model family's own
 settings live in `cfg.model_cfg` (a dataclass from `genforge/models/<family>.py`) and are
 addressed as `model.<key>` on the command line, e.g. `--set model.n_layer=6`.
+
+Longer than the usual ~400 lines because it is the whole config system in one place
+(types, ranges, parsing, help text from the dataclass comments, printing, JSON): every
+recipe and model config goes through exactly these functions.
 """
 from __future__ import annotations
 

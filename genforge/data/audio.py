@@ -10,6 +10,9 @@ written against its definitions (and tested against librosa as an oracle):
                  transform", with the momentum of Perraudin et al. (2013), "A fast Griffin-Lim
                  algorithm"
   SpecAugment    Park et al. (2019): frequency and time masks on the log-mel spectrogram
+
+Longer than the usual ~400 lines: the signal processing that torchaudio would provide
+(I/O, resampling, STFT, mel, Griffin-Lim) is written out here, next to the datasets that use it.
 """
 from __future__ import annotations
 

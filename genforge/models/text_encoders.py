@@ -20,6 +20,9 @@ pooling and attention, and never lets a pad token into a recurrence.
 
 Every model exposes `embed` (the token nn.Embedding) so explainability can attribute to
 embeddings, and `.attention` (last forward's attention weights) where it has them.
+
+Slightly over ~400 lines: five small encoders that share the embedding, padding and head
+code above them, kept in one file so that sharing stays visible.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ Train: `genforge train gpt-shakespeare` or `genforge train language-model --set 
 Generate: `genforge generate RUN --prompt "ROMEO:" --stream`.
 The tokenizer (char or byte-level BPE) is trained on the data and saved as
 `RUN/tokenizer.json`; `config.json` holds the vocabulary size, so the run rebuilds alone.
+
+Longer than the usual ~400 lines: one recipe serves four families over three tokenizer
+kinds, plain text and chat data, and pretrained (imported) runs; splitting it would split
+the one place that decides how a run's text becomes batches.
 """
 from __future__ import annotations
 

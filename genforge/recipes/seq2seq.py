@@ -8,6 +8,9 @@ text; the hypotheses are written to RUN/hypotheses_<split>.txt).
 
 Byte-level BPE tokenizers are trained on the training pairs only (one joint vocabulary, or
 one per side) and saved as RUN/tokenizer.src.json and RUN/tokenizer.tgt.json.
+
+Longer than the usual ~400 lines: two model families share its data path (parallel
+text, tokenizers, token-budget batches), evaluation (BLEU/chrF) and the CLI/server hooks.
 """
 from __future__ import annotations
 

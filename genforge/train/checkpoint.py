@@ -13,7 +13,12 @@ trainer_state.pt, ema.safetensors -> ckpt/latest/..., best.safetensors -> ckpt/b
 Runs saved before step folders (those files as plain files) are still read, and resumed.
 
 Damaged, truncated or foreign files and a full disk raise CheckpointError: one message that
-names the file and the fix (the CLI prints it as one `error:` line)."""
+names the file and the fix (the CLI prints it as one `error:` line).
+
+Longer than the usual ~400 lines on purpose: every write and read of a run directory
+(atomic files, step folders, pointers, hashes, the old flat layout, clear errors) follows one
+protocol, and checking that protocol means reading it in one file.
+"""
 from __future__ import annotations
 
 import contextlib
