@@ -1,0 +1,185 @@
+"""DDIM / DDPM / DPM-Solver++(2M) samplers (genforge.generate.diffusion_samplers) and their use
+by the diffusion model and the image-generation recipe.
+
+The Gaussian toy: data x0 ~ N(mu, s^2) per pixel. Then x_t = alpha_t x0 + sigma_t eps is
+Gaussian too and the exact data predictor is the posterior mean
+    E[x0 | x_t] = mu + k_t (x_t - alpha_t mu),   k_t = alpha_t s^2 / (alpha_t^2 s^2 + sigma_t^2),
+and the probability-flow ODE maps x_T to x_t = alpha_t mu + (r_t / r_T)(x_T - alpha_T mu),
+r_t = sqrt(alpha_t^2 s^2 + sigma_t^2) (the standardised value is carried unchanged). So each
+solver update and each whole solve has a closed form to compare with.
+"""
+import math
+
+import pytest
+import torch
+
+from genforge.generate import diffusion_samplers as S
+from genforge.models.diffusion import Diffusion, DiffusionConfig, make_betas
+
+MU, SD = 0.3, 0.5
+T = 1000
+ABAR = torch.cumprod(1 - make_betas("linear", T), 0)
+
+
+def alpha_sigma(t):
+    a = float(ABAR[t])
+    return math.sqrt(a), math.sqrt(1 - a)
+
+
+def exact_x0(x, t):
+    a, s = alpha_sigma(t)
+    k = a * SD**2 / (a**2 * SD**2 + s**2)
+    return MU + k * (x - a * MU)
+
+
+def exact_flow(x_start, t_start, t_end):
+    """The ODE's exact solution from t_start to t_end for the Gaussian toy."""
+    a0, s0 = alpha_sigma(t_start)
+    a1, s1 = alpha_sigma(t_end)
+    r0, r1 = math.sqrt(a0**2 * SD**2 + s0**2), math.sqrt(a1**2 * SD**2 + s1**2)
+    return a1 * MU + (r1 / r0) * (x_start - a0 * MU)
+
+
+def lam(t):
+    a, s = alpha_sigma(t)
+    return math.log(a / s)
+
+
+def test_first_order_step_is_the_closed_form_and_ddim():
+    x = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t, s = 700, 500
+    d = exact_x0(x, t)
+    got = S.dpm_solver_pp_update(x, ABAR, t, s, d)
+    (a_t, s_t), (a_s, s_s) = alpha_sigma(t), alpha_sigma(s)
+    h = lam(s) - lam(t)
+    want = s_s / s_t * x + a_s * (1 - math.exp(-h)) * d  # Lu et al. 2022, eq. (9), k = 1
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # the same step written as DDIM: x_s = alpha_s x0 + sigma_s eps_hat
+    eps = (x - a_t * d) / s_t
+    torch.testing.assert_close(got, a_s * d + s_s * eps, rtol=1e-10, atol=1e-10)
+
+
+def test_second_order_step_is_the_closed_form_and_beats_first_order():
+    x_prev = torch.randn(2000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t_prev, t, s = 300, 200, 140  # mid-noise, where x0_hat changes fastest along the path
+    x = exact_flow(x_prev, t_prev, t)  # on the exact trajectory, so only this step's error counts
+    d, d_prev = exact_x0(x, t), exact_x0(x_prev, t_prev)
+    got = S.dpm_solver_pp_update(x, ABAR, t, s, d, t_prev, d_prev)
+    h, h_prev = lam(s) - lam(t), lam(t) - lam(t_prev)
+    r = h_prev / h
+    d2 = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_prev
+    a_s, s_s = alpha_sigma(s)
+    want = s_s / alpha_sigma(t)[1] * x + a_s * (1 - math.exp(-h)) * d2  # Algorithm 2, 2M
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    exact = exact_flow(x, t, s)
+    err2 = (got - exact).abs().max()
+    err1 = (S.dpm_solver_pp_update(x, ABAR, t, s, d) - exact).abs().max()
+    assert err2 < err1 / 5, (err1, err2)
+
+
+def test_few_steps_recover_the_gaussian_and_beat_ddim():
+    x_T = torch.randn(20000, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = exact_flow(x_T, T - 1, 0)
+    out = S.dpm_solver_pp_2m(x_T, exact_x0, ABAR, 15)
+    assert abs(float(out.mean()) - MU) < 0.02
+    assert abs(float(out.std()) - SD) < 0.02
+    err_dpm = float((out - exact).abs().max())  # worst of 20,000 samples (sd 0.5)
+    assert err_dpm < 0.06
+    # DDIM ends at clean data rather than t = 0; sigma_0 = 0.01 is far below its error here
+    err_ddim = float((S.ddim(x_T, exact_x0, ABAR, 15) - exact).abs().max())
+    assert err_dpm < err_ddim / 3, (err_dpm, err_ddim)
+    # more steps converge further
+    err_dpm30 = float((S.dpm_solver_pp_2m(x_T, exact_x0, ABAR, 30) - exact).abs().max())
+    assert err_dpm30 < err_dpm / 2
+
+
+def test_grid_is_log_snr_uniform_and_strictly_decreasing():
+    for steps in (1, 2, 15, 50, 998, 999):
+        ts = S.dpm_solver_pp_grid(ABAR, steps)
+        assert len(ts) == steps + 1 and ts[0] == T - 1 and ts[-1] == 0
+        assert all(a > b for a, b in zip(ts, ts[1:])), ts
+    ts = S.dpm_solver_pp_grid(ABAR, 15)
+    h = [lam(s) - lam(t) for t, s in zip(ts, ts[1:])]
+    assert max(h[:-3]) < 1.3 * min(h[:-3]), h  # near-equal lambda steps until t rounds to 0..3
+
+
+@pytest.mark.parametrize("sampler,steps,msg", [
+    ("dpm", 10, "unknown sampler 'dpm'; choose one of ddpm, ddim, dpm++"),
+    ("dpm++", 0, "dpm++: steps must be between 1 and 19"),
+    ("dpm++", 20, "dpm++: steps must be between 1 and 19"),
+    ("ddim", 21, "ddim: steps must be between 1 and 20"),
+    ("ddpm", -1, "ddpm: steps must be between 1 and 20"),
+    ("ddim", 2.5, "steps must be an integer"),
+])
+def test_invalid_sampler_or_steps_refused(sampler, steps, msg):
+    with pytest.raises(ValueError, match=msg.replace("+", r"\+")):
+        S.check_steps(sampler, steps, 20)
+    model = _tiny_model()
+    with pytest.raises(ValueError, match=msg.replace("+", r"\+")):
+        model.sample(2, steps=steps, sampler=sampler)
+
+
+def test_eta_and_guidance_interval_refused_where_they_do_not_apply():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="eta applies to the ddim sampler only"):
+        model.sample(2, steps=3, sampler="dpm++", eta=0.5)
+    with pytest.raises(ValueError, match="guidance_interval must be"):
+        model.sample(2, steps=3, sampler="dpm++", guidance=2.0, guidance_interval=(0.8, 0.2))
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    m = Diffusion(DiffusionConfig(image_size=8, n_classes=3, base_channels=8, channel_mult=(1, 2),
+                                  timesteps=20, n_head=2)).eval()
+    torch.nn.init.normal_(m.net.out[-1].weight, std=0.05)  # zero-init output: make eps depend on x
+    return m
+
+
+@pytest.mark.parametrize("sampler,steps", [("dpm++", 5), ("ddim", 5), ("ddpm", 20)])
+def test_sampling_is_deterministic_under_a_seed(sampler, steps):
+    model = _tiny_model()
+    y = torch.tensor([0, 1, 2, 0])
+
+    def draw(seed):
+        return model.sample(4, y, steps=steps, guidance=2.0, sampler=sampler,
+                            generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(7), draw(7), draw(8)
+    assert a.shape == (4, 1, 8, 8) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_model_samplers_agree_with_the_solver_functions():
+    """The model's guided predictor run through the solver functions directly gives the same
+    images: the model adds nothing but the predictor (guidance, clipping) and the noise draw."""
+    model = _tiny_model()
+    y = torch.tensor([0, 1, 2])
+    g = torch.Generator().manual_seed(3)
+    got = model.sample(3, y, steps=6, guidance=1.5, sampler="dpm++", generator=g)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+
+    def pred(x_t, t):
+        e = model._guided_eps(x_t, torch.full((3,), t), y, 1.5)
+        ab = float(model.abar[t])
+        return ((x_t - math.sqrt(1 - ab) * e) / math.sqrt(ab)).clamp(-1, 1)
+
+    want = ((S.dpm_solver_pp_2m(x, pred, model.abar, 6) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(got, want)
+    # one step of each is the same first-order update ending at (nearly) clean data
+    one_dpm = model.sample(3, y, steps=1, sampler="dpm++", generator=torch.Generator().manual_seed(3))
+    one_ddim = model.sample(3, y, steps=1, sampler="ddim", generator=torch.Generator().manual_seed(3))
+    assert (one_dpm - one_ddim).abs().max() < 0.02
+
+
+def test_guidance_interval_switches_guidance_off_outside_it():
+    model = _tiny_model()
+    y = torch.tensor([0, 1, 2])
+
+    def draw(**kw):
+        return model.sample(3, y, steps=4, sampler="dpm++", generator=torch.Generator().manual_seed(0), **kw)
+
+    plain = draw(guidance=1.0)
+    assert torch.equal(draw(guidance=3.0, guidance_interval=(0.0, 0.0)), plain)  # t=0 is never evaluated
+    assert torch.equal(draw(guidance=3.0, guidance_interval=(0.0, 1.0)), draw(guidance=3.0))
+    assert not torch.equal(draw(guidance=3.0, guidance_interval=(0.5, 1.0)), plain)
