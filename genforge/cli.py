@@ -398,7 +398,10 @@ def generate(
     n: Optional[int] = typer.Option(None, "--n", help="number of samples (images)"),
     label: Optional[str] = typer.Option(None, help="class to generate (conditional image models)"),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
-    steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion)"),
+    steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion; default: the "
+                                        "sampler's, dpm++ 15, ddim 50)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="diffusion sampler: dpm++ "
+                                          "(default), ddim or ddpm"),
     out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG; audio runs: WAV)"),
     image: Optional[Path] = typer.Option(None, "--image", help="captioning runs: the image to describe"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
@@ -424,7 +427,7 @@ def generate(
                 input=input_file, beams=beams, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                 top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
                 stream=stream or None, n=n, label=label, guidance=guidance, steps=steps,
-                out=out, seed=seed, compile=compile_ or None, image=image)
+                sampler=sampler, out=out, seed=seed, compile=compile_ or None, image=image)
     recipe.cli_generate(model, cfg, run, **{k: v for k, v in opts.items() if v is not None})
 
 

@@ -43,7 +43,7 @@ def test_recipes_declare_only_known_capabilities(rname):
     ("language-model", "gpt", set()),
     ("language-model", "lstm", {"recurrent"}),
     ("image-generate", "vae", set()),
-    ("image-generate", "diffusion", {"guidance", "sampling-steps"}),
+    ("image-generate", "diffusion", {"guidance", "sampling-steps", "sampler"}),
     ("text-classify", "bag", {"text-input"}),
     ("text-classify", "attention", {"text-input", "attention-pooling"}),
     ("text-classify", "transformer", {"text-input", "self-attention"}),
@@ -66,7 +66,7 @@ def test_undeclared_capability_is_one_clear_error():
 def test_served_models_carry_their_capabilities_and_openapi_lists_them(serve_runs):
     models = load_models([serve_runs[n] for n in ("tiny-gru", "tiny-diffusion", "tiny-vae", "tiny-sentiment")])
     assert models["tiny-gru"].capabilities == {"recurrent"}
-    assert models["tiny-diffusion"].capabilities == {"guidance", "sampling-steps"}
+    assert models["tiny-diffusion"].capabilities == {"guidance", "sampling-steps", "sampler"}
     assert models["tiny-vae"].capabilities == frozenset()
     with TestClient(create_app(models, Limits(workers=1))) as c:
         schemas = c.get("/openapi.json").json()["components"]["schemas"]

@@ -79,6 +79,7 @@ CAPABILITIES: dict[str, str] = {
                  "prompt length fits (the server bounds it by --max-prompt-tokens, default 4096)",
     "guidance": "sample(..., guidance=SCALE) applies classifier-free guidance",
     "sampling-steps": "sample(..., steps=N) chooses the number of sampling steps",
+    "sampler": "sample(..., sampler=NAME) chooses the diffusion sampler (ddpm, ddim, dpm++)",
     "text-input": "a classifier of token ids (B, T) embedded by `model.embed` (explain "
                   "attributes to those embeddings); `cfg.max_len` and the text vocabulary apply",
     "image-input": "a classifier of normalised images ((x - cfg.mean) / cfg.std at "

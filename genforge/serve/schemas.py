@@ -79,6 +79,7 @@ class ImageRequest(_Body):
     seed: Optional[int] = Field(None, ge=0, le=2 ** 63 - 1)
     guidance: Optional[float] = Field(None, ge=0, le=50)
     steps: Optional[int] = Field(None, ge=1, le=1000)
+    sampler: Optional[Literal["ddpm", "ddim", "dpm++"]] = None  # diffusion; None = the run's (dpm++)
 
 
 class ClassificationRequest(_Body):

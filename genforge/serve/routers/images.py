@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from genforge.config import ConfigError
+from genforge.generate.diffusion_samplers import SAMPLERS
 from genforge.generate.images import make_grid, png_bytes
 from genforge.serve import openai_format as fmt
 from genforge.serve.engine import Limits, ServedModel
@@ -32,6 +33,9 @@ def prepare(m: ServedModel, run_dir: Path) -> None:
 def describe(m: ServedModel, lim: Limits) -> dict:
     extra = {"classes": list(m.cfg.classes)} if m.cfg.classes else {}
     text_prompt = "text-prompt" in m.capabilities  # free text instead of a class name
+    if "sampler" in m.capabilities:  # the run's default first, for the playground's menu
+        extra["sampler"] = m.cfg.sampler
+        extra["samplers"] = sorted(SAMPLERS, key=lambda name: name != m.cfg.sampler)
     return {**extra, "conditional": text_prompt or bool(getattr(m.cfg, "conditional", False)), "family": m.cfg.model,
             "size": f"{m.cfg.width}x{m.cfg.height}", "text_prompt": text_prompt}
 
@@ -76,12 +80,17 @@ async def images(req: ImageRequest, request: Request):
     asked = {"guidance": req.guidance, "sampling-steps": req.steps}
     if any(value is not None and cap not in m.capabilities for cap, value in asked.items()):
         raise APIError(400, "guidance and steps apply to diffusion models only", param="guidance")
+    if req.sampler is not None and "sampler" not in m.capabilities:
+        raise APIError(400, f"sampler: {req.model} ({cfg.model}) has no choice of sampler; "
+                       "omit sampler (it applies to image-generate diffusion runs)", param="sampler")
     text_prompt = "text-prompt" in m.capabilities
     if text_prompt and not req.prompt.strip():
         raise APIError(400, "prompt: empty; describe the image, e.g. \"a pair of running shoes\"",
                        param="prompt")
     label = None if text_prompt else _match_label(m, req.prompt)
     kw = {"prompt": req.prompt} if text_prompt else {"label": label}
+    if req.sampler is not None:
+        kw["sampler"] = req.sampler
     seed = secrets.randbits(62) if req.seed is None else req.seed
 
     def work():
