@@ -189,3 +189,20 @@ def test_cli_nproc_launches_torchrun_and_resumes_single_process(tmp_path):
                         "--set", "batch_size=8"], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "resumed" in p.stdout and "global batch was 8" not in p.stdout
+
+
+def test_gpu_policy_is_bf16_only_where_supported_and_cpu_stays_fp32():
+    """The CUDA path (bf16 autocast where the GPU has it, TF32, pinned copies) is decided in
+    genforge/train/device.py; what can be checked without a GPU is the policy itself."""
+    from genforge.train.device import autocast, autocast_dtype, to_device
+
+    cuda = torch.device("cuda", 0)
+    assert autocast_dtype(cuda, bf16_supported=True) is torch.bfloat16
+    assert autocast_dtype(cuda, bf16_supported=False) is None  # fp32 (+TF32), no fp16 scaler
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None
+    with autocast(cpu):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    batch = {"x": torch.ones(3), "y": [torch.zeros(2)]}
+    moved = to_device(batch, cpu)
+    assert moved["x"].data_ptr() == batch["x"].data_ptr()  # no copy on the same device

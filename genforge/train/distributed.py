@@ -144,17 +144,58 @@ def shard(batches: Iterator, d: Dist, recipe_name: str) -> Iterator:
         yield _take(batch, d.rank, d.world)
 
 
+class _DDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that lets a recipe's `loss` read its model's attributes (`model.cfg`, a tokenizer)
+    as it does on the plain module, and records whether the step's forward went through DDP:
+    a loss that calls only other methods (`model.encode(...)`) bypasses DDP's forward, whose
+    gradient hooks then stay idle, so the trainer all-reduces that step's gradients itself
+    (`sync_if_bypassed`) instead of letting the ranks drift apart silently."""
+
+    forwarded = False
+
+    def forward(self, *args, **kwargs):
+        self.forwarded = True
+        return super().forward(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
 def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
     """DDP over the trainable parameters (frozen ones, e.g. a LoRA base, are not registered,
     so they neither take part in the all-reduce nor count as unused)."""
     if not d.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     if not any(p.requires_grad for p in model.parameters()):
         raise RuntimeError("nothing to train: every parameter is frozen")
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
+    return _DDP(model, device_ids=ids)
+
+
+def sync_if_bypassed(ddp: torch.nn.Module, d: Dist) -> None:
+    """After a step's backward: all-reduce the gradients when DDP's forward was not used."""
+    if not isinstance(ddp, _DDP):
+        return
+    if not ddp.forwarded:
+        _average([p.grad for p in ddp.module.parameters() if p.grad is not None], d)
+    ddp.forwarded = False
+
+
+def _average(grads: list, d: Dist) -> None:
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()
 
 
 def average_gradients_before_step(opts: dict, d: Dist) -> None:
@@ -167,16 +208,7 @@ def average_gradients_before_step(opts: dict, d: Dist) -> None:
         return
 
     def hook(opt, args, kwargs):
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= d.world
-        i = 0
-        for g in grads:
-            g.copy_(flat[i:i + g.numel()].view_as(g))
-            i += g.numel()
+        _average([p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None], d)
 
     for opt in opts.values():
         opt.register_step_pre_hook(hook)

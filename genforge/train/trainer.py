@@ -309,6 +309,7 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                         if pen is not None:
                             loss = loss + pen
                     (loss / cfg.grad_accum).backward()
+            distributed.sync_if_bypassed(ddp, d)
             if cfg.grad_clip > 0:
                 out = {**out, "grad_norm": torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)}
             opt.step()
