@@ -13,7 +13,11 @@ for the final evaluation and checkpoint) ends the run and drives the LR schedule
 timing probe only sets a step cap above what the budget allows. The table reports the
 actual time taken, final evaluation included. `--reuse FAMILY=RUN` puts an already trained run in the table instead
 (evaluated again with the same classifier and n); `--set FAMILY:KEY=VALUE` changes a preset
-setting for this benchmark (printed above the table). Run it under the shared lock:
+setting for this benchmark (printed above the table). Diffusion samples with `--sampler`
+(default dpm++, DPM-Solver++(2M)) at `--steps` (default: the sampler's, dpm++ 15, ddim 50).
+`--samplers RUN` only compares samplers on one trained diffusion run (FID, class-consistency,
+seconds per 64 images, e.g. DDIM-50 against DPM++ at 10/15/20 steps) and measures this
+machine's U-Net training step for the table header. Run it under the shared lock:
 
   GENFORGE_DATA=/work/shared/data nohup flock /tmp/genforge-bench.lock \
       python bench/bench_imagegen.py --minutes vae=20 gan=20 diffusion=20 > /tmp/bench_imagegen.log 2>&1 &
@@ -21,6 +25,7 @@ setting for this benchmark (printed above the table). Run it under the shared lo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -77,6 +82,57 @@ def train_classifier(out: Path) -> Path:
     return out
 
 
+def sampler_comparison(run: Path, clf_dir: Path, args) -> None:
+    """FID / IS / class-consistency / seconds per 64 images of one diffusion run for each
+    SAMPLER:STEPS in --compare, on the same n real images and the same seeds and labels, so
+    the rows differ by the sampler alone; plus the U-Net training step on this machine now
+    (the probe of train_family, on the run's own config) for the header."""
+    from genforge.data.batching import SPLIT_SEED
+    from genforge.evaluate.fid import (FeatureClassifier, class_consistency, fid_from_features,
+                                       inception_score)
+
+    recipe, cfg, model = load_run(run, "last")
+    _, steps_trained = logged_training_time(run, cfg)
+    sps = probe_seconds_per_step(recipe, copy.deepcopy(cfg))
+    log(f"U-Net training step on this machine now: {sps:.3f} s (batch {cfg.batch_size}, "
+        f"{torch.get_num_threads()} threads)")
+    clf = FeatureClassifier.from_run(clf_dir)
+    sp, _ = recipe.splits(cfg)
+    x, _ = sp[args.split]
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    real = x[torch.randperm(len(x), generator=g)[:args.n_eval]].float() / 255.0
+    f_real, _ = clf.features_and_probs(real)
+    labels = torch.arange(args.n_eval) % len(cfg.classes)
+    rows = []
+    for item in args.compare.split(","):
+        name, _, steps = item.partition(":")
+        steps = int(steps)
+        fakes, times = [], []
+        for i in range(0, args.n_eval, 64):  # 64-image calls: the unit of the timing column
+            lab = labels[i:i + 64]
+            t0 = time.perf_counter()
+            fakes.append(recipe.generate_images(model, cfg, lab, len(lab), steps, args.guidance,
+                                                seed=i, batch_size=64, sampler=name))
+            if len(lab) == 64:
+                times.append(time.perf_counter() - t0)
+        f_fake, p_fake = clf.features_and_probs(torch.cat(fakes))
+        q = {"fid": fid_from_features(f_real, f_fake), "is": inception_score(p_fake),
+             "class_consistency": class_consistency(p_fake, labels),
+             "s_per_64": sorted(times)[len(times) // 2]}
+        rows.append((name, steps, q))
+        log(f"{name} {steps}: {json.dumps(q)}")
+    print(f"\nsamplers: {run} ({steps_trained} training steps), features {clf_dir}, n={args.n_eval} "
+          f"samples vs n={args.n_eval} {args.split} images, guidance {args.guidance}, "
+          f"{torch.get_num_threads()} threads, U-Net training step {sps:.3f} s now (batch "
+          f"{cfg.batch_size}), {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| sampler | steps | FID (genforge feats) | IS analogue | class-consistency | sampling s / 64 imgs (median) |")
+    print("|---|---|---|---|---|---|")
+    for name, steps, q in rows:
+        print(f"| {name} | {steps} | {q['fid']:.2f} | {q['is']:.2f} | {q['class_consistency']:.1%} "
+              f"| {q['s_per_64']:.2f} |")
+
+
 def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
     """FID / IS / class-consistency of one diffusion run at several guidance scales."""
     recipe, cfg, model = load_run(run)
@@ -84,10 +140,10 @@ def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
     for g in [float(x) for x in args.guidances.split(",")]:
         t0 = time.perf_counter()
         q = recipe.quality_metrics(model, cfg, args.split, n=args.n_eval, classifier=str(clf_dir),
-                                   steps=args.steps, guidance=g)
+                                   steps=args.steps, guidance=g, sampler=args.sampler)
         rows.append((g, q, time.perf_counter() - t0))
         log(f"guidance {g}: {json.dumps(q)} ({rows[-1][2]:.0f}s)")
-    print(f"\nguidance sweep: {run} (DDIM {args.steps} steps), features {clf_dir}, n={args.n_eval} "
+    print(f"\nguidance sweep: {run} ({args.sampler} {args.steps or 'default'} steps), features {clf_dir}, n={args.n_eval} "
           f"samples vs {args.split} images, "
           f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
     print("| guidance | FID (genforge feats) | IS analogue | class-consistency | eval time |")
@@ -113,7 +169,8 @@ def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path
     # evaluation, sample grid and checkpoint, which the reported wall time includes.
     cap = max(10, int(1.5 * budget * 60 / sps))
     ov = {**overrides, "max_steps": cap, "max_minutes": max(budget / 2, budget - RESERVE_S / 60), "eval_every": cap,
-          "sample_grid": 100, "sample_steps": args.steps, "guidance": args.guidance, "plots": True}
+          "sample_grid": 100, "sample_steps": args.steps or 0, "sampler": args.sampler,
+          "guidance": args.guidance, "plots": True}
     cfg = config(ov)
     run = out / f"{fam}-{time.strftime('%H%M%S')}"
     log(f"{fam}: probe {sps:.3f} s/step (~{int(budget * 60 / sps)} steps in {budget:g} min); "
@@ -132,7 +189,13 @@ def main() -> None:
                     help="training budget per family, e.g. vae=20 gan=20 diffusion=20")
     ap.add_argument("--classifier", default="", help="reuse an image-classify run as feature network")
     ap.add_argument("--n-eval", type=int, default=1000, help="generated (and real) images for FID")
-    ap.add_argument("--steps", type=int, default=50, help="DDIM steps for diffusion sampling")
+    ap.add_argument("--sampler", default="dpm++", choices=["ddpm", "ddim", "dpm++"],
+                    help="diffusion sampler (dpm++: DPM-Solver++(2M))")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="diffusion sampling steps (default: the sampler's, dpm++ 15, ddim 50)")
+    ap.add_argument("--samplers", default="", metavar="RUN", help="only compare samplers on this "
+                    "trained diffusion run (each SAMPLER:STEPS of --compare); needs --classifier")
+    ap.add_argument("--compare", default="ddim:50,dpm++:10,dpm++:15,dpm++:20")
     ap.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale "
                     "(1.5: lowest validation FID of 1.25 / 1.5 / 2 for a 20-minute run, see bench/README.md)")
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
@@ -164,8 +227,12 @@ def main() -> None:
         except C.ConfigError as e:
             sys.exit(f"--set {fam}: {e}")
     torch.set_num_threads(args.threads)
+    if (args.sweep or args.samplers) and not args.classifier:
+        sys.exit("--sweep and --samplers need --classifier RUN (the feature network)")
     if args.sweep:
         return guidance_sweep(Path(args.sweep), Path(args.classifier), args)
+    if args.samplers:
+        return sampler_comparison(Path(args.samplers), Path(args.classifier), args)
     budgets = {k: float(v) for k, v in (m.split("=") for m in args.minutes)}
     reuse = {k: Path(v) for k, v in (m.split("=", 1) for m in args.reuse)}
     for fam in reuse:
@@ -204,13 +271,14 @@ def main() -> None:
             continue
         # sampling time per 64 images (second call: first one warms up allocations)
         labels = torch.arange(64) % len(cfg.classes)
-        recipe.generate_images(model, cfg, labels[:8], 8, args.steps, args.guidance)
+        recipe.generate_images(model, cfg, labels[:8], 8, args.steps, args.guidance, sampler=args.sampler)
         t0 = time.perf_counter()
-        recipe.generate_images(model, cfg, labels, 64, args.steps, args.guidance, seed=1)
+        recipe.generate_images(model, cfg, labels, 64, args.steps, args.guidance, seed=1,
+                               sampler=args.sampler)
         sample_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         q = recipe.quality_metrics(model, cfg, "test", n=args.n_eval, classifier=str(clf_dir),
-                                   steps=args.steps, guidance=args.guidance)
+                                   steps=args.steps, guidance=args.guidance, sampler=args.sampler)
         row = {"family": fam, "budget_min": budget, "steps": steps, "train_min": train_s / 60,
                "sample_s_per_64": sample_s, **q, "run": str(run)}
         if fam == "vae":
@@ -229,7 +297,8 @@ def main() -> None:
           f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores visible), "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"FID / IS: genforge CNN classifier features ({clf_dir}, test accuracy {clf_acc:.4f}), "
-          f"n={args.n_eval} samples vs n={args.n_eval} test images; diffusion: DDIM {args.steps} steps, "
+          f"n={args.n_eval} samples vs n={args.n_eval} test images; diffusion: {args.sampler} "
+          f"{args.steps or 'default'} steps, "
           f"guidance {args.guidance}")
     for fam, sets in args.sets.items():
         print(f"{fam}: preset {FAMILIES[fam]} with " + ", ".join(f"{k}={v}" for k, v in sets.items()))
