@@ -272,3 +272,43 @@ def test_image_endpoint_sampler_field(runs):
         assert r.status_code in (400, 422) and "sampler" in r.text
         r = post(model="vae-mlp", sampler="dpm++")
         assert r.status_code == 400 and r.json()["error"]["param"] == "sampler"
+
+
+def test_playground_offers_the_runs_samplers_and_sends_the_choice(runs):
+    """The image tab in a real browser (Debian's Chromium, as tests/test_serve_browser.py):
+    the sampler menu lists the run's samplers, default first, and a choice reaches the server."""
+    import json
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install -y --no-install-recommends chromium)")
+    from playwright.sync_api import sync_playwright
+    from genforge.serve.engine import Limits
+    from serving import LiveServer
+
+    with LiveServer([runs["diffusion"], runs["vae-mlp"]], Limits(workers=1)) as live, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            bodies = []
+            page.on("request", lambda r: bodies.append(json.loads(r.post_data))
+                    if r.url.endswith("/v1/images/generations") else None)
+            page.goto(live.url + "/")
+            page.click("#tab-images")
+            page.wait_for_function("document.querySelectorAll('#image-model option').length > 1")
+            page.select_option("#image-model", "vae-mlp")
+            assert page.is_disabled("#image-sampler")
+            page.select_option("#image-model", "diffusion")
+            options = page.eval_on_selector_all("#image-sampler option", "os => os.map(o => o.value)")
+            assert options == ["", "dpm++", "ddpm", "ddim"]
+            assert "dpm++" in page.text_content("#image-sampler option")  # "default (dpm++)"
+            page.select_option("#image-sampler", "ddim")
+            page.fill("#image-steps", "2")
+            page.fill("#image-n", "2")
+            page.click("#image-go")
+            page.wait_for_function("document.querySelectorAll('#image-results img').length === 2",
+                                   timeout=60_000)
+            assert bodies[-1]["sampler"] == "ddim" and bodies[-1]["steps"] == 2
+        finally:
+            browser.close()
