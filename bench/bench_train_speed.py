@@ -1,0 +1,228 @@
+"""Training speed side by side (issue 20 item 3), the two programs alternated round by round
+so they share the machine's noise.
+
+  gpt   genforge's trainer (`genforge train language-model`, the standard small config of
+        bench_lm.py: 4 layers, 4 heads, 128 wide, context 64, batch 12, dropout 0, no biases,
+        char-level Tiny Shakespeare) against nanoGPT's own `train.py` with the same config.
+        Each round runs each program for --iters iterations; ms/iter is the median of the
+        per-iteration times each program logs (after --skip warm-up iterations). `--full`
+        adds one run of --full-iters (2000) iterations of each with its final val loss.
+  cnn   the `cnn-fashion` preset through the trainer against a plain PyTorch loop over a
+        `DataLoader` (same model, batch size, optimizer, augmentation off on both sides,
+        same threads): images/s.
+
+nanoGPT runs from a local copy that is not part of genforge:
+  git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT
+  GENFORGE_DATA=/work/shared/data python bench/bench_train_speed.py gpt cnn --nanogpt /tmp/nanoGPT
+The bench writes nanoGPT's shakespeare_char data (train.bin, val.bin, meta.pkl, the same
+encoding as its data/shakespeare_char/prepare.py) from GENFORGE_DATA's tinyshakespeare into
+a scratch folder and runs nanoGPT there; without --nanogpt (or when the path lacks
+train.py) the gpt part says so and is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_lm import STANDARD, hardware, load  # noqa: E402
+
+GPT = {**STANDARD, "model.bias": False, "model.tie_weights": True}  # nanoGPT's exact model
+
+
+def _text() -> str:
+    from genforge.data import registry
+
+    return registry.find("tinyshakespeare", "input.txt").read_text()
+
+
+def prepare_nanogpt_data(work: Path) -> None:
+    """nanoGPT's data/shakespeare_char layout: sorted characters, uint16 ids, 90/10 split."""
+    data = _text()
+    chars = sorted(set(data))
+    stoi = {c: i for i, c in enumerate(chars)}
+    n = len(data)
+    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
+    d = work / "data" / "shakespeare_char"
+    d.mkdir(parents=True, exist_ok=True)
+    ids[: int(n * 0.9)].tofile(d / "train.bin")
+    ids[int(n * 0.9):].tofile(d / "val.bin")
+    with open(d / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+
+
+def run_nanogpt(nano: Path, work: Path, iters: int, decay_iters: int, env: dict, eval_iters: int = 1) -> tuple[list[float], float | None]:
+    # train.py reads configurator.py and data/ from its working directory
+    cfgr = work / "configurator.py"
+    if not cfgr.exists():
+        cfgr.write_text((nano / "configurator.py").read_text())
+    args = ["--dataset=shakespeare_char", "--device=cpu", "--compile=False", "--dtype=float32",
+            "--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=64", "--batch_size=12",
+            "--dropout=0.0", "--bias=False", "--learning_rate=1e-3", "--min_lr=1e-4",
+            "--warmup_iters=100", f"--lr_decay_iters={decay_iters}", f"--max_iters={iters}",
+            f"--eval_interval={iters}", f"--eval_iters={eval_iters}", "--log_interval=1",
+            "--gradient_accumulation_steps=1", "--always_save_checkpoint=False",
+            f"--out_dir={work / 'out'}", "--beta2=0.99", "--weight_decay=0.1"]
+    p = subprocess.run([sys.executable, str(nano / "train.py"), *args], cwd=work, env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"nanoGPT failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    times = [float(m.group(2)) for m in re.finditer(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", p.stdout)
+             if int(m.group(1)) > 0]
+    vals = re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", p.stdout)
+    return times, float(vals[-1]) if vals else None
+
+
+def run_genforge(iters: int, env: dict, out: Path, eval_batches: int) -> tuple[list[float], float | None]:
+    sets = {**GPT, "max_steps": iters, "log_every": 1, "eval_every": iters, "eval_batches": eval_batches,
+            "plots": False, "sample_tokens": 0, "weight_decay": 0.1, "betas": "(0.9,0.99)"}
+    cmd = [sys.executable, "-m", "genforge", "train", "language-model", "--out", str(out), "--overwrite"]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"genforge failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    import json
+
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    times = [1000 * GPT["batch_size"] / r["examples_per_s"] for r in recs if "examples_per_s" in r]
+    vals = [r["val_loss"] for r in recs if "val_loss" in r]
+    return times, vals[-1] if vals else None
+
+
+def part_gpt(a) -> None:
+    nano = Path(a.nanogpt) if a.nanogpt else None
+    if nano is None or not (nano / "train.py").is_file():
+        print("\n### gpt: skipped\n\nnanoGPT not found: pass --nanogpt PATH to a local copy "
+              "(git clone https://github.com/karpathy/nanoGPT PATH)")
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    work = Path(tempfile.mkdtemp(prefix="nanogpt-work-"))
+    prepare_nanogpt_data(work)
+    print(f"\n### gpt: ms/iter, {a.iters} iterations per program per round (median after "
+          f"{a.skip}), alternating\n")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware()}; {a.threads} thread(s); {load()} at start\n")
+    print("| round | genforge ms/iter | nanoGPT ms/iter | nanoGPT / genforge |")
+    print("|---|---|---|---|")
+    ratios = []
+    for r in range(a.rounds):
+        order = ["genforge", "nanogpt"] if r % 2 == 0 else ["nanogpt", "genforge"]
+        res = {}
+        for who in order:
+            if who == "genforge":
+                t, _ = run_genforge(a.iters, env, work / "gf", eval_batches=1)
+            else:
+                t, _ = run_nanogpt(nano, work, a.iters, 2000, env)
+            res[who] = statistics.median(t[a.skip:])
+        ratios.append(res["nanogpt"] / res["genforge"])
+        print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {ratios[-1]:.2f}x |", flush=True)
+    print(f"\nmedian ratio nanoGPT/genforge: {statistics.median(ratios):.2f}x (target >= 1.3x); "
+          f"{load()} at end")
+    if a.full:
+        tg, vg = run_genforge(a.full_iters, env, work / "gf-full", eval_batches=200)
+        tn, vn = run_nanogpt(nano, work, a.full_iters, a.full_iters, env, eval_iters=200)
+        print(f"\n{a.full_iters} iterations: genforge {statistics.median(tg):.1f} ms/iter, val loss "
+              f"{vg:.4f}; nanoGPT {statistics.median(tn):.1f} ms/iter, val loss {vn:.4f} (200 val batches each)")
+
+
+def part_cnn(a) -> None:
+    """cnn-fashion: the trainer vs a plain DataLoader loop of the same model."""
+    from genforge import config as C
+    from genforge.recipes import get_recipe, resolve
+    from genforge.train.optim import make_optimizer
+
+    torch.set_num_threads(a.threads)
+    _, mod, preset = resolve("cnn-fashion")
+    over = {"max_steps": a.cnn_steps, "log_every": 10, "eval_every": a.cnn_steps, "eval_batches": 1,
+            "plots": False, "crop_pad": 0, "flip": False}
+    cfg = C.make_config(mod, preset)
+    C.apply_overrides(cfg, over, mod.MODELS)
+
+    def genforge_rate() -> float:
+        from genforge.train.trainer import fit
+
+        with tempfile.TemporaryDirectory() as d:
+            fit("image-classify", cfg, Path(d) / "run", log=lambda _: None)
+            import json
+
+            recs = [json.loads(x) for x in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
+        return statistics.median(r["examples_per_s"] for r in recs if "examples_per_s" in r)
+
+    recipe = get_recipe("image-classify")
+    model = recipe.build(cfg)
+    xs, ys = [], []
+    for i, (x, y) in enumerate(recipe.batches(cfg, "train")):
+        xs.append(x)
+        ys.append(y)
+        if len(xs) * cfg.batch_size >= 60000 or i > 470:
+            break
+    ds = torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys))
+
+    def plain_rate() -> float:
+        m = recipe.build(cfg)
+        opt = make_optimizer(m, cfg)
+        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
+        m.train()
+        times, it, t = [], iter(loader), time.perf_counter()
+        for s in range(a.cnn_steps):
+            x, y = next(it)
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if (s + 1) % 10 == 0:
+                now = time.perf_counter()
+                times.append(10 * cfg.batch_size / (now - t))
+                t = now
+        return statistics.median(times)
+
+    print(f"\n### cnn-fashion: images/s, {a.cnn_steps} steps of batch {cfg.batch_size} each, alternating\n")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware()}; {load()} at start\n")
+    print("| round | genforge images/s | plain DataLoader loop images/s | genforge / plain |")
+    print("|---|---|---|---|")
+    ratios = []
+    for r in range(a.rounds):
+        g, p = genforge_rate(), plain_rate()
+        ratios.append(g / p)
+        print(f"| {r + 1} | {g:.0f} | {p:.0f} | {ratios[-1]:.2f}x |", flush=True)
+    print(f"\nmedian ratio: {statistics.median(ratios):.2f}x (target >= 1.5x); {load()} at end")
+    del model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="+", choices=["gpt", "cnn"])
+    ap.add_argument("--nanogpt", help="a local copy of github.com/karpathy/nanoGPT")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--skip", type=int, default=10, help="warm-up iterations left out of the median")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="intra-op threads of both programs (OMP_NUM_THREADS); on a machine "
+                         "shared with other jobs use 1: spinning OpenMP threads that lose their "
+                         "core slow a step down many times")
+    ap.add_argument("--full", action="store_true", help="also one --full-iters run each with val loss")
+    ap.add_argument("--full-iters", type=int, default=2000)
+    ap.add_argument("--cnn-steps", type=int, default=60)
+    a = ap.parse_args()
+    if "gpt" in a.parts:
+        part_gpt(a)
+    if "cnn" in a.parts:
+        part_cnn(a)
+
+
+if __name__ == "__main__":
+    main()
