@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, load_model
+from safetensors import safe_open
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from genforge import config as C
@@ -237,6 +238,31 @@ def _unreadable(path: Path, e: BaseException) -> CheckpointError:
         "(or retrain the run, or use --checkpoint last|best for its other weights)")
 
 
+
+def _load_in_place(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Copy the tensors of a safetensors file into `model`'s parameters and buffers one at a
+    time (memory-mapped), instead of reading the whole file first: loading then needs the
+    model plus one tensor, not two copies of the weights (SmolLM2: ~0.5 GB less at peak).
+    Returns (missing, unexpected) names; a name tied to a loaded tensor (a head sharing the
+    embedding, which save_model stores once) is not missing."""
+    state = model.state_dict(keep_vars=True)
+    loaded_ptrs, unexpected = set(), []
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for name in f.keys():
+            if name not in state:
+                unexpected.append(name)
+                continue
+            src, dst = f.get_slice(name), state[name]
+            if tuple(src.get_shape()) != tuple(dst.shape):
+                raise RuntimeError(f"size mismatch for {name}: copying a param with shape "
+                                   f"{tuple(src.get_shape())}, the model has {tuple(dst.shape)}")
+            with torch.no_grad():
+                dst.copy_(f.get_tensor(name))
+            loaded_ptrs.add(dst.data_ptr())
+    missing = [n for n, t in state.items() if t.data_ptr() not in loaded_ptrs]
+    return missing, unexpected
+
+
 def load_weights(model: nn.Module, path: Path, run_dir: Path | None = None) -> None:
     from genforge.train.transfer import saved_names
 
@@ -251,7 +277,7 @@ def load_weights(model: nn.Module, path: Path, run_dir: Path | None = None) -> N
                                f"{sorted(set(tensors) - set(names))[:5]})")
             unwrap(model).load_state_dict(tensors, strict=False)
             return
-        missing, unexpected = load_model(model, str(path), strict=False)
+        missing, unexpected = _load_in_place(unwrap(model), path)
     except RunError:
         raise
     except FileNotFoundError:
