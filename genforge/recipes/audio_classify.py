@@ -67,7 +67,7 @@ PRESETS = {
     "gru-fsdd": ({"model": "gru", "data": "fsdd", "epochs": 20, "batch_size": 64, "lr": 3e-3,
                   "weight_decay": 0.01, "warmup_steps": 50, "grad_clip": 1.0,
                   "model.hidden": 96, "model.layers": 2},
-                 "bidirectional GRU over log-mel frames of FSDD (~7 min on 2 CPU cores; accuracy not yet benchmarked)"),
+                 "bidirectional GRU over log-mel frames of FSDD (98.3% test accuracy in ~2 CPU-minutes; bench/README.md)"),
 }
 
 _TINY = {"data": "fsdd", "max_steps": 2, "batch_size": 8, "train_limit": 64, "eval_batches": 2,
