@@ -78,7 +78,7 @@ def _worker(rank: int, world: int, port: int, jobs: list, errors, fail_at: int |
         raise SystemExit(1)
 
 
-def _run_ranks(jobs: list, world: int = 2, fail_at: int | None = None, timeout: float = 120):
+def _run_ranks(jobs: list, world: int = 2, fail_at: int | None = None, timeout: float = 300):
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
     port = _free_port()
