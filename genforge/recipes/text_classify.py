@@ -88,10 +88,10 @@ PRESETS = {
     "attention-rt-polarity": ({"model": "attention", "epochs": 6, "model.hidden": 128},
                               "BiGRU + self-attentive pooling (Lin et al. 2017) on rt-polarity"),
     "transformer-rt-polarity": ({"model": "transformer", "epochs": 8, "lr": 5e-4,
-                                 "warmup_steps": 100, "weight_decay": 0.05},
+                                 "warmup_ratio": 0.065, "weight_decay": 0.05},
                                 "2-layer Transformer encoder with padding masks on rt-polarity"),
     "minilm-rt-polarity": ({"model": "bert", "init_from": "minilm", "max_len": 64, "epochs": 2,
-                            "batch_size": 32, "lr": 4e-5, "warmup_steps": 50, "weight_decay": 0.01,
+                            "batch_size": 32, "lr": 4e-5, "warmup_ratio": 0.1, "weight_decay": 0.01,
                             "eval_every": 100, "eval_batches": 0},
                            "all-MiniLM-L6-v2 fine-tuned end to end on rt-polarity (Devlin et al. "
                            "2019's recipe: small lr, warmup, 2 epochs)"),
