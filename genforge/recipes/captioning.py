@@ -150,31 +150,35 @@ def caption_images(model, cfg: Config, images: torch.Tensor, batch: int = 250) -
 
 @torch.no_grad()
 def evaluate(model, cfg: Config, split: str = "val") -> dict:
-    """Next-word loss (held-out captions: it includes the cost of unseen wording), and BLEU /
-    chrF of greedy captions of the split's first `eval_images` images against three
-    held-out-wording references each."""
+    """Over the split's first `eval_images` images (fewer when eval_batches caps it): the
+    next-word loss on held-out captions (it includes the cost of unseen wording), and BLEU /
+    chrF of greedy captions against three held-out-wording references each."""
     import sacrebleu
 
     m = getattr(model, "_orig_mod", model)
     dev = next(m.parameters()).device
-    was = m.training
-    m.eval()
-    tot, n = 0.0, 0
-    for x, tokens in batches(cfg, split, model=m):
-        tot += float(m(x.to(dev), tokens.to(dev))["loss"]) * len(x)
-        n += len(x)
-    m.train(was)
-    res = {"loss": tot / max(n, 1)}
     sp, _ = cl.load_splits(cfg)
     k = len(sp[split].images) if not cfg.eval_images else min(cfg.eval_images, len(sp[split].images))
     if cfg.eval_batches:
         k = min(k, cfg.eval_batches * cfg.batch_size)
+    was = m.training
+    m.eval()
+    tot, n = 0.0, 0
+    for x, tokens in batches(cfg, split, model=m):  # the same first k images
+        x, tokens = x[: k - n], tokens[: k - n]
+        tot += float(m(x.to(dev), tokens.to(dev))["loss"]) * len(x)
+        n += len(x)
+        if n >= k:
+            break
+    m.train(was)
+    res = {"loss": tot / max(n, 1)}
     hyps = caption_images(m, cfg, sp[split].images[:k])
-    refs = [cl.split_captions(cfg, split, k, held_out=True, seed=s)[0] for s in (1, 2, 3)]
+    refs = [cl.split_captions(cfg, split, k, held_out=True, seed=s, targets=False)[0] for s in (1, 2, 3)]
     res["bleu"] = float(sacrebleu.corpus_bleu(hyps, refs).score)
     res["chrf"] = float(sacrebleu.corpus_chrf(hyps, refs).score)
     # the same against training-wording references: what the model can reach in its own words
-    train_refs = [cl.split_captions(cfg, split, k, held_out=False, seed=s)[0] for s in (1, 2, 3)]
+    train_refs = [cl.split_captions(cfg, split, k, held_out=False, seed=s, targets=False)[0]
+                  for s in (1, 2, 3)]
     res["bleu_train_wording"] = float(sacrebleu.corpus_bleu(hyps, train_refs).score)
     return res
 

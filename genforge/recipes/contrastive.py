@@ -193,14 +193,17 @@ def _load_splits(data, data_dir, captions, val_fraction, test_fraction, train_li
 
 
 def split_captions(cfg, split: str, n: int | None = None, held_out: bool = True,
-                   seed: int = SPLIT_SEED) -> tuple[list[str], torch.Tensor | None]:
+                   seed: int = SPLIT_SEED, targets: bool = True) -> tuple[list[str], torch.Tensor | None]:
     """Captions of the first n images of `split` (held-out wording by default) and the
-    (captions x images) matrix of which images each caption is true of."""
+    (captions x images) matrix of which images each caption is true of (None when not
+    `targets`: it is n x n, costly for a whole split)."""
     sp, classes = load_splits(cfg)
     d = sp[split]
     n = len(d.images) if n is None else min(n, len(d.images))
     if d.captions is not None:
-        return d.captions[:n], torch.eye(n, dtype=torch.bool)
+        return d.captions[:n], torch.eye(n, dtype=torch.bool) if targets else None
+    if not targets:
+        return Captioner(classes).captions(d.labels[:n], d.attrs[:n], seed, held_out), None
     return Captioner(classes).matches(d.labels[:n], d.attrs[:n], seed, held_out)
 
 
@@ -235,7 +238,7 @@ def caption_batches(cfg, split: str, start_step: int, tok, image_fn):
     d = sp[split]
     index = torch.arange(len(d.images))
     if split != "train":
-        texts, _ = split_captions(cfg, split)
+        texts, _ = split_captions(cfg, split, targets=False)
         toks = encode_texts(tok, texts, cfg.text_max_len)
         return sequential_batches((image_fn(d.images), toks), cfg.batch_size, cfg.eval_batches)
 
