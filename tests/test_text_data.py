@@ -80,3 +80,18 @@ def test_unknown_dataset_and_format_errors(tmp_path):
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
         load_labelled_text(str(tmp_path / "d.xlsx"))
+
+
+def test_text_recipes_say_what_they_read_before_training():
+    """data_summary (printed by the trainer before step 0): rows per split and per class for
+    text-classify, characters per split for language-model."""
+    from genforge.config import make_config
+    from genforge.recipes import get_recipe
+
+    tc = get_recipe("text-classify")
+    lines = tc.data_summary(make_config(tc, {"data": "rt-polarity"}))
+    assert lines[0] == "rt-polarity: 10,662 rows -> val 1,066, test 1,066, train 8,530"
+    assert lines[1].startswith("2 classes, training rows per class: negative ")
+    lm = get_recipe("language-model")
+    (line,) = lm.data_summary(make_config(lm, {"data": "tinyshakespeare"}))
+    assert line.startswith("tinyshakespeare: train 948,085 characters, val 111,539 characters")

@@ -176,6 +176,15 @@ def _corpus(data: str, data_dir: str, delimiter: str, val_fraction: float,
     return {"train": held.train, "val": tail.val, "test": test}
 
 
+def data_summary(cfg: Config) -> list[str]:
+    """What training reads, printed before it starts: characters per split."""
+    if C.is_chat_data(cfg.data):
+        return []  # conversations: counted when they are rendered with the chat template
+    texts = _corpus(*_key(cfg))
+    return [f"{cfg.data}: " + ", ".join(f"{k} {len(v):,} characters" for k, v in texts.items() if v)
+            + " (val: the last val_fraction of the text, test: the test_fraction before it)"]
+
+
 # tokenizers trained on the data, by (data key, kind, vocab): the data settings determine them
 _TOKENIZERS: dict[tuple, object] = {}
 # the tokenizer (and the folder of its tokenizer.json, for the chat template) each built

@@ -148,6 +148,20 @@ def _split_rows(cfg: Config) -> dict[str, torch.Tensor]:
     return rows
 
 
+def data_summary(cfg: Config) -> list[str]:
+    """What training reads, printed before it starts: rows per split, classes with their
+    training counts."""
+    ds = _dataset(cfg.data, cfg.text_column, cfg.label_column, cfg.data_dir)
+    rows = _split_rows(cfg)
+    labels = torch.as_tensor(ds.labels)
+    counts = torch.bincount(labels[rows["train"]], minlength=len(ds.class_names)).tolist()
+    per_class = ", ".join(f"{c} {n:,}" for c, n in list(zip(ds.class_names, counts))[:20])
+    more = f", ... ({len(ds.class_names)} classes)" if len(ds.class_names) > 20 else ""
+    return [f"{cfg.data}: {len(ds.texts):,} rows -> "
+            + ", ".join(f"{k} {len(v):,}" for k, v in rows.items()),
+            f"{len(ds.class_names)} classes, training rows per class: {per_class}{more}"]
+
+
 def _no_test_split(cfg: Config) -> str:
     if cfg.fold >= 0:
         return (f"a cross-validation run (fold={cfg.fold}) has no test split: fold {cfg.fold} is its "
