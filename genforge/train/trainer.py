@@ -5,6 +5,9 @@ Reads top-down: set-up (device, seed, model, optimiser, schedule, resume), then 
 checkpointing and early stopping every N steps. Recipes plug in through `loss` (one
 optimiser) or `optimizers` + `update` (GAN, RL); the few other names it reads from a recipe
 (`log_samples`, `extra_state`, `NO_EMA`, ...) are listed in genforge/recipes/contract.py.
+
+Over ~400 lines on purpose: the loop, with resume, time budget, EMA and DDP, is meant to be
+read in one sitting (nanoGPT's train.py, litgpt's fit()), not spread over hooks.
 """
 from __future__ import annotations
 
