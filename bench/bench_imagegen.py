@@ -133,6 +133,84 @@ def sampler_comparison(run: Path, clf_dir: Path, args) -> None:
               f"| {q['s_per_64']:.2f} |")
 
 
+# --step-time variants of the diffusion preset: name -> preset settings ("channels_last" is
+# not a setting: the bench converts the model and batches to that memory format)
+STEP_VARIANTS = {
+    "preset": {},
+    "channels_last": {"channels_last": True},
+    "narrow-28x28 (16,64,64)": {"model.base_channels": 16, "model.channel_mult": (1, 4, 4)},
+    "patch_size=2 (64,128 at 14,7)": {"model.patch_size": 2, "model.base_channels": 64,
+                                      "model.channel_mult": (1, 2)},
+    "batch 128": {"batch_size": 128},
+}
+
+
+def step_time_variants(args) -> None:
+    """Seconds per U-Net training step (optimizer step included) of the diffusion preset and
+    of each STEP_VARIANTS entry, in alternating rounds: each round times every variant for
+    `--step-reps` steps back to back, and the table reports the median over rounds of each
+    variant's time relative to the preset's in the same round, which a shared, loaded CPU
+    changes far less than the absolute times. Then torch.profiler's top operators of the
+    preset step."""
+    recipe = get_recipe("image-generate")
+    _, _, preset = resolve(FAMILIES["diffusion"])
+    preset.pop("epochs", None)
+    setups = {}
+    for name, sets in STEP_VARIANTS.items():
+        sets = dict(sets)
+        cl = sets.pop("channels_last", False)
+        cfg = C.make_config(recipe, {**preset, **sets, "max_steps": 1, "classifier": ""})
+        torch.manual_seed(0)
+        model = recipe.build(cfg)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        it = recipe.batches(cfg, "train")
+        opts = recipe.optimizers(model, cfg)
+        model.train()
+
+        def step(model=model, it=it, opts=opts, cfg=cfg, fmt=fmt):
+            x, y = next(it)
+            recipe.update(model, (x.contiguous(memory_format=fmt), y), opts, 1, cfg)
+
+        step()  # warm-up
+        n_par = sum(p.numel() for p in model.parameters())
+        setups[name] = (step, cfg.batch_size, n_par)
+    times = {name: [] for name in setups}
+    names = list(setups)
+    for r in range(args.step_rounds):
+        # each round starts at the next variant, so none is always first (or always after the
+        # same neighbour) while other processes come and go
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = setups[name][0]
+            ts = []
+            for _ in range(args.step_reps):
+                t0 = time.perf_counter()
+                step()
+                ts.append(time.perf_counter() - t0)
+            times[name].append(sorted(ts)[len(ts) // 2])
+        log(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
+    ratios = {name: sorted(t / b for t, b in zip(times[name], times["preset"])) for name in names}
+    print(f"\nU-Net training step, diffusion preset and variants, {torch.get_num_threads()} threads, "
+          f"{args.step_rounds} alternating rounds x {args.step_reps} steps, "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load average {os.getloadavg()[0]:.1f}")
+    print("| variant | parameters | batch | s / step (median of rounds) | vs preset, same round (median; range) | images / s vs preset |")
+    print("|---|---|---|---|---|---|")
+    for name, (_, batch, n_par) in setups.items():
+        ratio = ratios[name][len(ratios[name]) // 2]
+        med = sorted(times[name])[len(times[name]) // 2]
+        per_image = batch / setups["preset"][1] / ratio
+        print(f"| {name} | {n_par / 1e6:.2f} M | {batch} | {med:.3f} | {ratio:.2f}x ({ratios[name][0]:.2f}-"
+              f"{ratios[name][-1]:.2f}) | {per_image:.2f}x |")
+    from torch.profiler import ProfilerActivity, profile
+
+    step = setups["preset"][0]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.step_reps):
+            step()
+    print(f"\ntorch.profiler, preset, {args.step_reps} steps (self CPU time):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
     """FID / IS / class-consistency of one diffusion run at several guidance scales."""
     recipe, cfg, model = load_run(run)
@@ -196,6 +274,10 @@ def main() -> None:
     ap.add_argument("--samplers", default="", metavar="RUN", help="only compare samplers on this "
                     "trained diffusion run (each SAMPLER:STEPS of --compare); needs --classifier")
     ap.add_argument("--compare", default="ddim:50,dpm++:10,dpm++:15,dpm++:20")
+    ap.add_argument("--step-time", action="store_true", help="only time the diffusion preset's "
+                    "training step against STEP_VARIANTS in alternating rounds, and profile it")
+    ap.add_argument("--step-rounds", type=int, default=3)
+    ap.add_argument("--step-reps", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale "
                     "(1.5: lowest validation FID of 1.25 / 1.5 / 2 for a 20-minute run, see bench/README.md)")
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
@@ -227,6 +309,8 @@ def main() -> None:
         except C.ConfigError as e:
             sys.exit(f"--set {fam}: {e}")
     torch.set_num_threads(args.threads)
+    if args.step_time:
+        return step_time_variants(args)
     if (args.sweep or args.samplers) and not args.classifier:
         sys.exit("--sweep and --samplers need --classifier RUN (the feature network)")
     if args.sweep:
