@@ -245,6 +245,12 @@ def _load_in_place(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
     model plus one tensor, not two copies of the weights (SmolLM2: ~0.5 GB less at peak).
     Returns (missing, unexpected) names; a name tied to a loaded tensor (a head sharing the
     embedding, which save_model stores once) is not missing."""
+    if any(type(m)._load_from_state_dict is not nn.Module._load_from_state_dict
+           or m._load_state_dict_pre_hooks for m in model.modules()):
+        # a module that renames or reshapes what it reads (old checkpoint layouts, e.g. the
+        # diffusion U-Net's conv attention) needs load_state_dict over the whole file
+        result = model.load_state_dict(load_file(str(path)), strict=False)
+        return _unshared(model, result.missing_keys), result.unexpected_keys
     state = model.state_dict(keep_vars=True)
     loaded_ptrs, unexpected = set(), []
     with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -261,6 +267,14 @@ def _load_in_place(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
             loaded_ptrs.add(dst.data_ptr())
     missing = [n for n, t in state.items() if t.data_ptr() not in loaded_ptrs]
     return missing, unexpected
+
+
+def _unshared(model: nn.Module, missing: list[str]) -> list[str]:
+    """Missing names less those tied to a tensor that was loaded (save_model stores a tied
+    pair once)."""
+    state = model.state_dict(keep_vars=True)
+    loaded = {t.data_ptr() for n, t in state.items() if n not in set(missing)}
+    return [n for n in missing if state[n].data_ptr() not in loaded]
 
 
 def load_weights(model: nn.Module, path: Path, run_dir: Path | None = None) -> None:
