@@ -50,11 +50,12 @@ def _config(**over):
     return cfg
 
 
-def _worker(rank: int, world: int, port: int, jobs: list, errors, fail_at: int | None):
+def _worker(rank: int, world: int, port: int, jobs: list, errors, fail_at: int | None,
+            dist_timeout: float):
     """One rank: join the group, then run each (out, overrides, resume, stop_at) job in turn."""
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "GENFORGE_DIST_TIMEOUT": "20"})
+                       "GENFORGE_DIST_TIMEOUT": str(dist_timeout)})
     torch.set_num_threads(1)
     try:
         from genforge.recipes import get_recipe
@@ -78,11 +79,15 @@ def _worker(rank: int, world: int, port: int, jobs: list, errors, fail_at: int |
         raise SystemExit(1)
 
 
-def _run_ranks(jobs: list, world: int = 2, fail_at: int | None = None, timeout: float = 300):
+def _run_ranks(jobs: list, world: int = 2, fail_at: int | None = None, timeout: float = 300,
+               dist_timeout: float = 120):
+    """Run `jobs` on `world` spawned ranks. dist_timeout: the process group's timeout, which
+    also bounds connecting the ranks (a loaded machine can start one rank tens of seconds after
+    the other: 20 s failed there)."""
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, jobs, errors, fail_at)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, jobs, errors, fail_at, dist_timeout)) for r in range(world)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -143,13 +148,14 @@ def test_resume_is_exact_under_ddp_and_across_process_counts(tmp_path):
     """A 2-process run stopped at step 2 and resumed with 2 processes is bit-identical to one
     that ran straight through; resumed as 1 process (batch 8) it matches within tolerance,
     and a 1-process run resumed with 2 processes likewise."""
-    errors, codes, _ = _run_ranks([
-        (tmp_path / "straight", {"max_steps": 4, "batch_size": 4}, False, None),
-        (tmp_path / "resumed", {"max_steps": 4, "batch_size": 4}, False, 2),
-        (tmp_path / "resumed", {"max_steps": 4, "batch_size": 4}, True, None),
-        (tmp_path / "to-one", {"max_steps": 4, "batch_size": 4}, False, 2),
-    ])
-    assert not errors and codes == [0, 0], errors
+    # each job in fresh processes, as torchrun runs them (re-creating a process group on the
+    # same port inside one process could hang in init_process_group's rendezvous)
+    for job in [(tmp_path / "straight", {"max_steps": 4, "batch_size": 4}, False, None),
+                (tmp_path / "resumed", {"max_steps": 4, "batch_size": 4}, False, 2),
+                (tmp_path / "resumed", {"max_steps": 4, "batch_size": 4}, True, None),
+                (tmp_path / "to-one", {"max_steps": 4, "batch_size": 4}, False, 2)]:
+        errors, codes, _ = _run_ranks([job])
+        assert not errors and codes == [0, 0], errors
     straight = _weights(tmp_path / "straight")
     _assert_close(_weights(tmp_path / "resumed"), straight, exact=True)
     _single(tmp_path / "to-one", resume=True, max_steps=4, batch_size=8)
@@ -166,7 +172,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     hang: it ends within seconds (the peer's group closes; the group timeout is the backstop)
     and the job reports rank 1's own error."""
     errors, codes, dt = _run_ranks([(tmp_path / "run", {"max_steps": 6, "batch_size": 4}, False, None)],
-                                   fail_at=3, timeout=60)
+                                   fail_at=3, timeout=60, dist_timeout=20)
     assert codes == [1, 1]
     by_rank = {r: msg for r, msg, _ in errors}
     assert by_rank[1] == "RuntimeError: rank 1: a corrupt batch at step 3"
