@@ -685,6 +685,6 @@ def quickstart(
     """Train a small CNN on Fashion-MNIST for one epoch and print its test metrics."""
     run_dir = out or Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     train(ctx=None, recipe="quickstart", set_=[], out=run_dir, resume=None, overwrite=False,
-          data_dir=data_dir, help_=False)
+          data_dir=data_dir, nproc=1, help_=False)
     typer.echo("")
     _evaluate_run(run_dir, "test", "best")
