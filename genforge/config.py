@@ -367,6 +367,8 @@ def from_dict(recipe: Any, d: dict[str, Any]) -> TrainConfig:
     model_d = d.pop("model_cfg", None) or {}
     d.pop("recipe", None)
     overrides = {"model": d.pop("model")} if "model" in d else {}
+    # keys added after a run was saved: the value that run behaved with, not today's default
+    overrides.update({k: v for k, v in getattr(recipe, "SAVED_BEFORE", {}).items() if k not in d})
     overrides.update({k: v for k, v in d.items()})
     overrides.update({f"model.{k}": v for k, v in model_d.items()})
     return make_config(recipe, overrides)

@@ -82,3 +82,22 @@ def test_reinforce_and_image_recipes_have_separate_test_data():
     seq = get_recipe("sequence-classify")  # the one image loader: digits carved 3 ways
     sizes = {k: len(v[1]) for k, v in seq._load(make_config(seq, {"data": "digits"})).splits.items()}
     assert sizes["test"] > 0 and sum(sizes.values()) == 1797, sizes
+
+
+def test_a_run_saved_before_test_fraction_keeps_its_splits(tmp_path):
+    """config.json written before test_fraction existed: read back with test_fraction=0 (the
+    run had no test split), not today's default, so `eval --split test` cannot score rows the
+    run trained on."""
+    import json
+
+    from genforge import config as C
+    from genforge.recipes import get_recipe
+
+    for name in ("text-classify", "language-model"):
+        recipe = get_recipe(name)
+        d = C.to_dict(C.make_config(recipe, {}))
+        assert d["test_fraction"] > 0  # today's default
+        old = json.loads(json.dumps(d))
+        del old["test_fraction"]
+        assert C.from_dict(recipe, old).test_fraction == 0.0
+        assert C.from_dict(recipe, d).test_fraction == d["test_fraction"]  # saved value wins

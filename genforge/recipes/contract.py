@@ -83,6 +83,9 @@ HOOKS: dict[str, Hook] = {
                         "tensors and plain values only (trainer_state.pt loads weights_only)", ("model", "cfg")),
     "load_extra_state": Hook("function", OPTIONAL, "trainer.fit (--resume)",
                              "restores what extra_state returned", ("model", "cfg", "state")),
+    "SAVED_BEFORE": Hook("dict", OPTIONAL, "config.from_dict (config.json)",
+                         "key -> the value a run saved before the key existed behaved with "
+                         "(a missing key in an old config.json takes it, not today's default)"),
     "data_summary": Hook("function", OPTIONAL, "trainer.fit (before training)",
                          "lines saying what was read: rows/files, split sizes, classes with "
                          "counts, skipped files", ("cfg",)),

@@ -47,6 +47,9 @@ MODELS = {
 
 
 TASK = "text-generation"  # what `genforge serve` offers (see genforge/serve)
+# runs saved before test_fraction existed had no test split (their "test" was the validation
+# rows/tail): reading their config.json with today's default would call training data "test"
+SAVED_BEFORE = {"test_fraction": 0.0}
 
 
 def capabilities(cfg) -> frozenset[str]:

@@ -32,6 +32,9 @@ MODELS = {**ENCODERS, "bert": (BertTextConfig, BertClassifier)}
 
 
 TASK = "text-classification"  # what `genforge serve` offers: POST /v1/classifications
+# runs saved before test_fraction existed had no test split (their "test" was the validation
+# rows/tail): reading their config.json with today's default would call training data "test"
+SAVED_BEFORE = {"test_fraction": 0.0}
 
 
 def capabilities(cfg) -> frozenset[str]:
