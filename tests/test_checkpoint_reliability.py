@@ -291,7 +291,7 @@ def test_damaged_files_are_one_error_line_from_the_cli(tmp_path, pristine):
     (old / "trainer_state.pt").write_bytes(_hostile_files(tmp_path / "marker")["torch.save of an object"])
     (tmp_path / "afile").write_text("not a folder")
     cases = [(["eval", "new"], "/model.safetensors is not the file its checkpoint saved"),
-             (["eval", "old"], "best.safetensors cannot be read (SafetensorError"),
+             (["eval", "old"], "best.safetensors cannot be read (ValueError: the header is cut short"),
              (["train", "--resume", "old"], "trainer_state.pt cannot be read as a trainer state"),
              (["train", "mlp-digits", "--out", "afile"], "afile is a file, not a run directory")]
     for args, message in cases:
@@ -383,3 +383,20 @@ def _fuzz_case(pristine, fuzz_base, target, cut, where, flip):
     if layout == "new":
         assert same, f"{target} changed at byte {i} and loaded without an error"
     fuzz_counts[f"{layout} layout: loaded, {'same' if same else 'different'} values"] += 1
+
+
+def test_weights_cut_inside_their_data_are_named(tmp_path):
+    """The loader reads tensors with plain reads (no memory map); a file whose header is whole
+    but whose data is cut short is one error naming the tensor, not a partly loaded model."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    path = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    other = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    ckpt.load_weights(other, path, tmp_path)  # whole file: loads exactly
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ckpt.RunError, match=r"cannot be read \(ValueError: .*truncated"):
+        ckpt.load_weights(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)), path, tmp_path)

@@ -2,7 +2,8 @@
 (GPT, Llama): `new_state`, `step` (with the context-rebuild rule) and the compiled one-token step.
 
 A model mixes in `CausalDecoder` and provides
-  - `forward(idx, cache=None) -> logits (B, T, vocab)`: with a cache, idx are the tokens that
+  - `forward(idx, cache=None, last_only=False) -> logits (B, T, vocab)` ((B, 1, vocab) with
+    last_only: the head on the last position only): with a cache, idx are the tokens that
     follow the cached ones; their keys/values are appended to it and `cache.advance(idx)` is
     called. With a static cache (`cache.static`, `cache.pos` a 0-d tensor) the forward must
     keep every shape fixed: positions from `cache.positions(T, device)`, no Python test of
@@ -99,7 +100,7 @@ class CausalDecoder:
             else:
                 state.advance(idx)
                 return logits, state
-        logits = self(idx, state)
+        logits = self(idx, state, last_only=True)
         return logits[:, -1, :], state
 
     def rebuild(self, tokens: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
@@ -112,7 +113,7 @@ class CausalDecoder:
         tail = torch.cat([tokens, idx], dim=1)[:, -(keep + idx.size(1)):]
         tail = tail[:, -ctx:]
         state = self.new_state(idx.size(0))  # a generation this long fills the context
-        return self(tail, state)[:, -1, :], state
+        return self(tail, state, last_only=True)[:, -1, :], state
 
     def _decode_one(self, tok: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
                     vs: list[torch.Tensor]) -> torch.Tensor:
@@ -121,7 +122,7 @@ class CausalDecoder:
         masked: every shape is fixed, so torch.compile builds it once and fuses the ~100 small
         ops of a decode step (on a CPU their per-op dispatch, not arithmetic, is most of a
         token's cost). Writes the token's keys/values into ks, vs at `pos`."""
-        return self(tok, KVCache.static_view(ks, vs, pos))[:, -1, :]
+        return self(tok, KVCache.static_view(ks, vs, pos), last_only=True)[:, -1, :]
 
 
 @functools.cache

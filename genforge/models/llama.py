@@ -140,7 +140,8 @@ class Llama(CausalDecoder, nn.Module):
     def cache_spec(self) -> tuple[int, int, int]:
         return self.cfg.n_layer, self.cfg.n_kv_head, self.cfg.head_size
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab). With `cache`, idx follow the cached
         tokens (their rotary positions continue from the cache's) and their keys/values are
         appended to it."""
@@ -155,7 +156,9 @@ class Llama(CausalDecoder, nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.advance(idx)
-        return self.head(self.norm(x))  # (B, T, vocab)
+        if last_only:  # generation needs the next token's logits only (a 512-token prompt's
+            x = x[:, -1:]  # full logits are ~100 MB for a 49k vocabulary)
+        return self.head(self.norm(x))  # (B, T or 1, vocab)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; idx, targets (B, T)."""

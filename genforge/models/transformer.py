@@ -129,7 +129,8 @@ class GPT(CausalDecoder, nn.Module):
         c = self.cfg
         return c.n_layer, c.n_head, c.n_embd // c.n_head
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab). With `cache`, idx are the tokens that
         follow the cached ones and their keys/values are appended to it."""
         b, t = idx.shape
@@ -149,7 +150,9 @@ class GPT(CausalDecoder, nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.advance(idx)
-        return self.head(self.ln_f(x))  # (B, T, vocab)
+        if last_only:  # generation needs the next token's logits only (a 512-token prompt's
+            x = x[:, -1:]  # full logits are ~100 MB for a 49k vocabulary)
+        return self.head(self.ln_f(x))  # (B, T or 1, vocab)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; idx, targets (B, T)."""

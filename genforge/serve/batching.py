@@ -159,7 +159,7 @@ class ContinuousBatcher:
             ks = [k.narrow(0, 0, n).narrow(2, 0, length) for k in self.k]
             vs = [v.narrow(0, 0, n).narrow(2, 0, length) for v in self.v]
             with torch.inference_mode():
-                logits = self.model(idx, KVCache.static_view(ks, vs, pos))[:, -1, :]
+                logits = self.model(idx, KVCache.static_view(ks, vs, pos), last_only=True)[:, -1, :]
             self.turns += 1
             self.rows += n
             for i, s in enumerate(batch):

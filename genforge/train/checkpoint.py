@@ -26,6 +26,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -253,20 +254,60 @@ def _load_in_place(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
         return _unshared(model, result.missing_keys), result.unexpected_keys
     state = model.state_dict(keep_vars=True)
     loaded_ptrs, unexpected = set(), []
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for name in f.keys():
+    with open(path, "rb") as f:
+        for name, dtype, shape, start, end in _safetensors_index(f, path):
             if name not in state:
                 unexpected.append(name)
                 continue
-            src, dst = f.get_slice(name), state[name]
-            if tuple(src.get_shape()) != tuple(dst.shape):
+            dst = state[name]
+            if shape != tuple(dst.shape):
                 raise RuntimeError(f"size mismatch for {name}: copying a param with shape "
-                                   f"{tuple(src.get_shape())}, the model has {tuple(dst.shape)}")
+                                   f"{shape}, the model has {tuple(dst.shape)}")
+            f.seek(start)
             with torch.no_grad():
-                dst.copy_(f.get_tensor(name))
+                if dst.dtype == dtype and dst.is_contiguous() and dst.device.type == "cpu":
+                    buf = dst.data.view(-1).view(torch.uint8).numpy()  # read straight into it
+                    if f.readinto(memoryview(buf)) != end - start:
+                        raise ValueError(f"{name} ends past the end of the file (truncated)")
+                else:
+                    tmp = torch.empty(shape, dtype=dtype)
+                    if f.readinto(memoryview(tmp.view(-1).view(torch.uint8).numpy())) != end - start:
+                        raise ValueError(f"{name} ends past the end of the file (truncated)")
+                    dst.copy_(tmp)
             loaded_ptrs.add(dst.data_ptr())
     missing = [n for n, t in state.items() if t.data_ptr() not in loaded_ptrs]
     return missing, unexpected
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+              "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_index(f, path: Path):
+    """(name, dtype, shape, start, end) of each tensor of an open safetensors file, from its
+    header (8-byte length, then JSON), with absolute byte offsets. Read with plain file reads,
+    not a memory map: the pages of a mapped file count in the process's resident memory until
+    it is closed, which for a 540 MB checkpoint was most of the gap between the model's size
+    and the loader's peak."""
+    head = f.read(8)
+    size = os.fstat(f.fileno()).st_size
+    if len(head) != 8 or int.from_bytes(head, "little") > size - 8:
+        raise ValueError("the header is cut short or its length is wrong")
+    n = int.from_bytes(head, "little")
+    header = json.loads(f.read(n))
+    base = 8 + n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{name} has dtype {info['dtype']}, which genforge does not read")
+        start, end = (base + o for o in info["data_offsets"])
+        shape = tuple(info["shape"])
+        if end > size or end - start != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"{name}'s bytes do not fit its shape or the file (truncated)")
+        yield name, dtype, shape, start, end
 
 
 def _unshared(model: nn.Module, missing: list[str]) -> list[str]:
@@ -399,7 +440,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     if quantize:
         from genforge.pretrained.quantize import quantize_model
 
-        quantize_model(model, quantize)
+        calibration = getattr(recipe, "quantize_calibration", None)
+        quantize_model(model, quantize,
+                       calibration=calibration(cfg, run_dir) if calibration else None)
     return recipe, cfg, model
 
 
