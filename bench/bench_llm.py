@@ -10,7 +10,9 @@ GGUF, against transformers on the same dequantized weights. Prints one table per
             transformers' (count of equal tokens, position by position).
   parity    perplexity on held-out Tiny Shakespeare (the first --eval-tokens tokens of the
             validation tail, the same --window-token windows for both): genforge fp32 vs
-            transformers (target within 0.1%) and genforge int8 vs fp32.
+            transformers (target within 0.1%) and genforge int8 vs fp32, int8 both over whole
+            windows (prefill: one activation range per token) and token by token through the
+            KV cache (the decoding path).
   lora      smollm2-lora-shakespeare: validation bits per character of the imported model
             (zero-shot) and after the preset's training (its 15-minute budget; --minutes to
             shorten), on the same first --eval-windows windows of the validation tail (the
@@ -193,6 +195,8 @@ def decode(a) -> None:
     results: dict[str, list[dict]] = {v: [] for v in variants}
     names = {"eager": "genforge fp32 eager", "compile": "genforge fp32 compile",
              "int8": "genforge int8 eager", "transformers": "transformers generate"}
+    # int8: `--quantize int8` = fbgemm's dynamic int8 GEMM with SmoothQuant factors from
+    # genforge's calibration text (genforge/pretrained/quantize.py)
     for r in range(a.rounds):
         order = variants if r % 2 == 0 else variants[::-1]  # alternate: drift hits both sides
         for v in order:
@@ -231,9 +235,16 @@ def child_ppl(variant: str, eval_tokens: int, window: int, threads: int) -> dict
         from genforge.train.checkpoint import load_run
 
         run = imported_run()
-        recipe, cfg, model = load_run(run, quantize="int8" if variant == "int8" else None)
+        recipe, cfg, model = load_run(run, quantize="int8" if variant.startswith("int8") else None)
         ids = recipe.tokenizer(cfg, run).encode(tail)[:eval_tokens + 1]
         forward = model
+        if variant == "int8-steps":  # the decoding path: one token per call, through the cache
+            def forward(x):
+                state, rows = model.new_state(1, x.size(1)), []
+                for t in range(x.size(1)):
+                    logits, state = model.step(x[:, t:t + 1], state)
+                    rows.append(logits)
+                return torch.stack(rows, dim=1)
     ids = torch.tensor(ids)
     total, count = 0.0, 0
     with torch.no_grad():
@@ -251,7 +262,7 @@ def child_ppl(variant: str, eval_tokens: int, window: int, threads: int) -> dict
 def parity(a) -> None:
     import math
 
-    variants = ["eager", "int8"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
+    variants = ["eager", "int8", "int8-steps"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
     imported_run()
     res = {v: run_child(["ppl", v, str(a.eval_tokens), str(a.window), str(a.threads)]) for v in variants}
     print(f"\n# parity: perplexity on the first {res['eager']['tokens']} tokens of the Tiny "
@@ -260,7 +271,8 @@ def parity(a) -> None:
     print(f"{'model':<24}{'nats/token':>11}{'perplexity':>12}{'vs transformers':>17}{'vs genforge fp32':>18}")
     base = res["eager"]["nll"]
     peer = res["transformers"]["nll"] if "transformers" in res else None
-    names = {"eager": "genforge fp32", "int8": "genforge int8 (dequant)", "transformers": "transformers"}
+    names = {"eager": "genforge fp32", "int8": "genforge int8, windows",
+             "int8-steps": "genforge int8, decoding", "transformers": "transformers"}
     for v in variants:
         nll = res[v]["nll"]
         vs_peer = f"{100 * (math.exp(nll) / math.exp(peer) - 1):+.4f}%" if peer else "-"

@@ -73,3 +73,72 @@ def test_head_can_stay_float_and_bad_settings_are_named():
         quantize_model(tiny_llama(), "int4")
     with pytest.raises(QuantizeError, match="unknown int8 kernel 'fast'.*dequant"):
         quantize_model(tiny_llama(), kernel="fast")
+
+
+needs_fbgemm = pytest.mark.skipif(not __import__("genforge.pretrained.quantize", fromlist=["x"]).fbgemm_available(),
+                                  reason="fbgemm int8 kernel: x86 CPU builds of torch only")
+
+
+def _outlier_input(rows: int = 8, seed: int = 0) -> torch.Tensor:
+    """Activations like an LLM's: most channels O(1), two channels ~100x larger."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 64, generator=g)
+    x[:, [5, 40]] *= 100.0
+    return x
+
+
+@needs_fbgemm
+def test_smoothquant_moves_outliers_into_the_weights():
+    """With an outlier channel one per-token activation scale wastes the int8 range on it;
+    the SmoothQuant factors from calibration (x / s) @ (W s)^T bring the error down."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    x = _outlier_input()
+    ref = lin(x).detach()
+    from genforge.pretrained.quantize import smoothing_factors
+
+    plain = Int8Linear(lin.weight, lin.bias, "fbgemm")
+    smooth = Int8Linear(lin.weight, lin.bias, "fbgemm", smoothing_factors(lin.weight, x.abs().amax(0)))
+    err = lambda q: ((q(x) - ref).norm() / ref.norm()).item()  # noqa: E731
+    assert err(smooth) < 0.02, err(smooth)
+    assert err(smooth) < err(plain) / 3, (err(smooth), err(plain))
+
+
+@needs_fbgemm
+def test_each_token_gets_its_own_activation_scale():
+    """A token's output does not depend on the other tokens of the batch: a small row next to
+    a row 1000x larger is as accurate as alone (one scale per tensor would flatten it)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32, bias=False)
+    q = Int8Linear(lin.weight, None, "fbgemm")
+    small = torch.randn(1, 64)
+    alone = q(small)
+    beside = q(torch.cat([small, 1000 * torch.randn(1, 64)]))[:1]
+    ref = lin(small).detach()
+    assert ((alone - ref).norm() / ref.norm()).item() < 0.02
+    assert ((beside - ref).norm() / ref.norm()).item() < 0.02
+    torch.testing.assert_close(beside, alone, rtol=0.02, atol=0.02 * ref.abs().max().item())
+
+
+@needs_fbgemm
+def test_calibrated_auto_picks_fbgemm_and_generation_matches_its_forward():
+    model = tiny_llama()
+    idx = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(idx)
+    summary = quantize_model(model, calibration=lambda m: m(idx))
+    assert summary["kernel"] == "fbgemm" and summary["smoothed"] == summary["layers"] == 11
+    with torch.no_grad():
+        out = model(idx)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.03
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    # token by token (one row per call) agrees with the whole-sequence forward
+    seq = idx[:1, :10]
+    with torch.no_grad():
+        full = model(seq)[0, -1]
+        logits, state = model.step(seq[:, :1])
+        for t in range(1, 10):
+            logits, state = model.step(seq[:, t:t + 1], state)
+    assert ((logits[0] - full).norm() / full.norm()).item() < 0.02
+    # without calibration, auto keeps the accurate weight-only kernel
+    assert quantize_model(tiny_llama())["kernel"] == "dequant"

@@ -7,18 +7,27 @@ LLM.int8()'s vector-wise quantization without its outlier split, Dettmers et al.
 that stream by 4x.
 
 Kernels (`kernel=`), measured on a 2-core AMD Zen 3 CPU with torch 2.13 (bench/README.md):
-- `fbgemm` (opt-in, x86 CPUs): fbgemm's dynamic int8 GEMM, which also quantizes each
-  activation tensor to uint8 on the fly (int32 accumulation, fp32 out). ~10x faster than the
-  fp32 GEMV per layer at batch 1 in isolation, but one scale per activation tensor cannot
-  hold SmolLM2's outlier features (the problem LLM.int8() splits them out for): token loss on
-  Tiny Shakespeare +13% (4.08 -> 4.61 nats), so `auto` never picks it. torch marks its
-  quantized-tensor API deprecated.
+- `fbgemm` (`auto` on x86 CPUs when calibration text is given): fbgemm's dynamic int8 GEMM,
+  which also quantizes the activations to uint8 on the fly (int32 accumulation, fp32 out);
+  ~10x faster than the fp32 GEMV per layer at batch 1. Two things make it accurate:
+  * SmoothQuant (Xiao et al. 2023): a per-input-channel factor s_j = amax(x_j)^a /
+    amax(W_j)^(1-a) (a = 0.5) moves the activation outliers of LLMs into the weights
+    (x / s) @ (W s)^T = x @ W^T, so one activation scale no longer has to span them. The
+    activation maxima come from one forward over calibration text (`calibrate`).
+  * one activation scale per token (row), not per tensor: rows are scaled to max |x| = 1
+    before the kernel and the outputs scaled back, so a token's result does not depend on the
+    other tokens of the prompt. (At one row, the decode step, per tensor is per token.)
+  Without them the token loss on Tiny Shakespeare rose by 13%; with both, calibrated on
+  genforge's generic text, SmolLM2's perplexity there is +0.9% token by token (decoding) and
+  +1.4% over whole 512-token windows (bench/README.md; calibrated on Shakespeare itself:
+  -0.1% token by token). torch marks its quantized-tensor API
+  deprecated.
 - `int8pack`: `torch._weight_int8pack_mm` (weight-only int8, fp32 activations). Without
   AVX-512 it is ~10x *slower* than the fp32 GEMV here, so `auto` never picks it.
-- `dequant` (`auto`): weight-only, dequantize per layer on the fly (F.linear on q.float(),
-  then the scale): fp32 activations, any device, token loss within ~0.2% of fp32, but ~2x
-  slower per layer than fp32 on this CPU (the int8 -> fp32 copy costs more than the
-  bandwidth it saves). It buys resident memory, not speed, with torch 2.13's CPU kernels.
+- `dequant` (`auto` without calibration or off x86): weight-only, dequantize per layer on the
+  fly (F.linear on q.float(), then the scale): fp32 activations, any device, token loss within
+  ~0.2% of fp32, but ~2x slower per layer than fp32 on this CPU (the int8 -> fp32 copy costs
+  more than the bandwidth it saves). It buys resident memory, not speed.
 
 Only inference: a quantized model is not trained or saved (its state dict differs). The token
 embedding stays fp32; a head tied to it gets its own int8 copy, so the lookup table is exact
@@ -27,6 +36,8 @@ and only the output projection is quantized.
 from __future__ import annotations
 
 import itertools
+import warnings
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -62,34 +73,54 @@ _HANDLES = itertools.count()
 
 
 @torch.library.custom_op("genforge::int8_linear_fbgemm", mutates_args=())
-def _fbgemm_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    # reduce_range=False: full 8-bit activations. Measured lower error than the 7-bit range on
-    # SmolLM2 (the perplexity difference is in bench/README.md)
+def _fbgemm_linear(x: torch.Tensor, handle: int, out_features: int, reduce_range: bool) -> torch.Tensor:
+    # reduce_range=False (what Int8Linear passes): full 8-bit activations. The 7-bit range
+    # avoids the AVX2 kernel's int16 saturation but cost SmolLM2 +3.9% perplexity against +1.4%
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), _PACKED[handle], reduce_range)
+
+
+def _int8_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """fbgemm's kernel directly in eager mode (a custom op's Python dispatch cost ~40 us a call,
+    ~8 ms of a SmolLM2 token); through the custom op when torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return _fbgemm_linear(x, handle, out_features, False)
     return torch.ops.quantized.linear_dynamic(x.contiguous(), _PACKED[handle], False)
 
 
 @_fbgemm_linear.register_fake
-def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+def _(x: torch.Tensor, handle: int, out_features: int, reduce_range: bool) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], out_features))
 
 
 class Int8Linear(nn.Module):
-    """A Linear layer whose weight is int8 per output channel (see the module docstring)."""
+    """A Linear layer whose weight is int8 per output channel (see the module docstring).
+    `smooth` (in_features,): SmoothQuant factors, folded into the weight (fbgemm only)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str,
+                 smooth: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.kernel = kernel
-        q, scale = quantize_weight(weight)
+        weight = weight.detach().float()
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.handle = None
+        inv = None if smooth is None else (1.0 / smooth).float()
+        self.register_buffer("inv_smooth", inv if kernel == "fbgemm" else None)
         if kernel == "fbgemm":
+            if smooth is not None:
+                weight = weight * smooth[None, :]
+            q, scale = quantize_weight(weight)
             zero = torch.zeros(self.out_features, dtype=torch.long)
-            qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(), zero, 0,
-                                            torch.qint8)
+            with warnings.catch_warnings():  # torch's deprecation notice of qint8 tensors
+                warnings.simplefilter("ignore", UserWarning)
+                qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(), zero,
+                                                0, torch.qint8)
+            self.register_buffer("wsum", (q.float() * scale[:, None]).sum(dim=1))
             self.handle = next(_HANDLES)
-            _PACKED[self.handle] = torch.ops.quantized.linear_prepack(qw, self.bias)
+            # the bias is added after the per-token rescaling, so it is not packed
+            _PACKED[self.handle] = torch.ops.quantized.linear_prepack(qw, None)
         else:
+            q, scale = quantize_weight(weight)
             self.register_buffer("qweight", q)
             self.register_buffer("scale", scale)
 
@@ -99,8 +130,20 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "fbgemm":
-            return _fbgemm_linear(x, self.handle, self.out_features)
-        if self.kernel == "int8pack":
+            if self.inv_smooth is not None:
+                x = x * self.inv_smooth
+            rows = x.reshape(-1, self.in_features)
+            if rows.size(0) == 1:  # the decode step: one token, the kernel's range is its own
+                y = _int8_linear(rows, self.handle, self.out_features)
+            else:
+                # one activation range per token: each row mapped onto [-1, 1] (x = c + r x'),
+                # so the kernel's one range per tensor is every row's own; then
+                # W x = r (W x') + c (W 1)
+                hi, lo = rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True)
+                c, r = (hi + lo) / 2, ((hi - lo) / 2).clamp(min=1e-12)
+                y = _int8_linear((rows - c) / r, self.handle, self.out_features) * r + c * self.wsum
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        elif self.kernel == "int8pack":
             y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight,
                                           self.scale.to(x.dtype))
             y = y.reshape(*x.shape[:-1], self.out_features)
@@ -110,14 +153,53 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kernel}")
+                f"bias={self.bias is not None}, kernel={self.kernel}, "
+                f"smoothed={self.inv_smooth is not None}")
 
 
-def resolve_kernel(kernel: str, device: torch.device) -> str:
+# SmoothQuant's migration strength: 0.5 splits the range evenly between activations and
+# weights (the paper's default; 0.8 and 0.3 were worse on SmolLM2, bench/README.md)
+SMOOTH_ALPHA = 0.5
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, run: Callable[[nn.Module], object]) -> dict[str, torch.Tensor]:
+    """Largest |activation| per input channel of every plain nn.Linear of `model`, over
+    whatever forwards `run(model)` does (e.g. one pass over some text). {module name: amax}."""
+    amax: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0].detach()
+            a = x.abs().reshape(-1, x.size(-1)).amax(dim=0).float()
+            amax[name] = a if name not in amax else torch.maximum(amax[name], a)
+        return record
+
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear:
+            hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        run(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return amax
+
+
+def smoothing_factors(weight: torch.Tensor, amax: torch.Tensor, alpha: float = SMOOTH_ALPHA) -> torch.Tensor:
+    """SmoothQuant's s_j = amax(x_j)^alpha / amax(|W[:, j]|)^(1 - alpha), per input channel j
+    (channels never seen active keep s = 1)."""
+    w = weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
+    s = amax.clamp(min=1e-5).pow(alpha) / w.pow(1 - alpha)
+    return torch.where(amax > 0, s, torch.ones_like(s)).clamp(min=1e-5)
+
+
+def resolve_kernel(kernel: str, device: torch.device, calibrated: bool = False) -> str:
     if kernel not in KERNELS:
         raise QuantizeError(f"unknown int8 kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
     if kernel == "auto":
-        return "dequant"
+        return "fbgemm" if calibrated and device.type == "cpu" and fbgemm_available() else "dequant"
     if kernel == "fbgemm" and (device.type != "cpu" or not fbgemm_available()):
         raise QuantizeError("the fbgemm int8 kernel needs an x86 CPU build of torch with fbgemm "
                             f"(model on {device}); use kernel=dequant")
@@ -125,19 +207,22 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
 
 
 def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
-                   head: bool = True) -> dict:
+                   head: bool = True, calibration: Callable[[nn.Module], object] | None = None) -> dict:
     """Replace every plain nn.Linear of `model` (in place) with an Int8Linear; returns a
-    summary {kernel, layers, skipped, bytes_before, bytes_after}. `head=False` keeps the
-    output projection (`model.head`) in float. LoRA layers (adapters not merged) are skipped:
-    merge the run first (`genforge merge`)."""
+    summary {kernel, layers, skipped, smoothed, bytes_before, bytes_after}. `head=False`
+    keeps the output projection (`model.head`) in float. `calibration(model)`: forwards over
+    representative input, from which the fbgemm kernel's SmoothQuant factors are computed
+    (`auto` picks fbgemm only with it). LoRA layers (adapters not merged) are skipped: merge
+    the run first (`genforge merge`)."""
     if mode not in MODES:
         raise QuantizeError(f"unknown quantization {mode!r}; supported: {', '.join(MODES)}")
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if p is None:
         raise QuantizeError("the model has no floating-point weights to quantize")
-    kernel = resolve_kernel(kernel, p.device)
+    kernel = resolve_kernel(kernel, p.device, calibrated=calibration is not None)
+    amax = calibrate(model, calibration) if kernel == "fbgemm" and calibration is not None else {}
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    layers = skipped = before = after = 0
+    layers = skipped = smoothed = before = after = 0
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
@@ -146,7 +231,9 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
             if type(child) is not nn.Linear or (full == "head" and not head):
                 skipped += 1
                 continue
-            q = Int8Linear(child.weight, child.bias, kernel).to(child.weight.device)
+            smooth = smoothing_factors(child.weight, amax[full]) if full in amax else None
+            smoothed += smooth is not None
+            q = Int8Linear(child.weight, child.bias, kernel, smooth).to(child.weight.device)
             setattr(module, child_name, q)
             layers += 1
             n = child.weight.numel()
@@ -154,8 +241,9 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
             # copy adds to the footprint instead of replacing it
             before += 0 if id(child.weight) in tied else 4 * n
             after += n + 4 * child.out_features
-    return {"kernel": kernel, "layers": layers, "skipped": skipped, "bytes_before": before,
-            "bytes_after": after}
+    return {"kernel": kernel, "layers": layers, "skipped": skipped, "smoothed": smoothed,
+            "bytes_before": before, "bytes_after": after}
 
 
-__all__ = ["Int8Linear", "KERNELS", "MODES", "QuantizeError", "quantize_model", "quantize_weight"]
+__all__ = ["Int8Linear", "KERNELS", "MODES", "QuantizeError", "SMOOTH_ALPHA", "calibrate", "quantize_model",
+           "quantize_weight", "smoothing_factors"]

@@ -86,6 +86,10 @@ HOOKS: dict[str, Hook] = {
     "SAVED_BEFORE": Hook("dict", OPTIONAL, "config.from_dict (config.json)",
                          "key -> the value a run saved before the key existed behaved with "
                          "(a missing key in an old config.json takes it, not today's default)"),
+    "quantize_calibration": Hook("function", OPTIONAL, "checkpoint.load_run (--quantize)",
+                                 "a function model -> forwards over representative input, for "
+                                 "the int8 kernel's activation statistics (SmoothQuant)",
+                                 ("cfg", "run_dir")),
     "data_summary": Hook("function", OPTIONAL, "trainer.fit (before training)",
                          "lines saying what was read: rows/files, split sizes, classes with "
                          "counts, skipped files", ("cfg",)),

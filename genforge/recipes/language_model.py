@@ -317,6 +317,19 @@ def window(cfg: Config) -> int:
     return min(block, 256) if cfg.tokenizer == "pretrained" else block
 
 
+def quantize_calibration(cfg: Config, run_dir):
+    """For `--quantize int8`: one forward over genforge's calibration text (prose, dialogue,
+    code, numbers; genforge/pretrained/calibration.py) in the run's tokenizer."""
+    from genforge.pretrained.calibration import CALIBRATION_TEXT
+
+    ids = tokenizer(cfg, run_dir).encode(CALIBRATION_TEXT)
+
+    def run(model):
+        with torch.no_grad():
+            model(torch.tensor([ids[:model.context_size]], device=next(model.parameters()).device))
+    return run
+
+
 def build(cfg: Config, run_dir=None) -> torch.nn.Module:
     if cfg.init_from:
         _adopt_source(cfg, run_dir)
