@@ -57,11 +57,21 @@ def fbgemm_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
 
 
-def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> (q int8 (out, in), scale float32 (out,)), symmetric per row."""
-    w = w.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # an all-zero row: any scale works
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+def quantize_weight(w: torch.Tensor, smooth: torch.Tensor | None = None,
+                    rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (q int8 (out, in), scale float32 (out,)), symmetric per row;
+    `smooth` (in,): quantize w * smooth instead. Done `rows` rows at a time, so the float
+    temporaries of a large matrix (a 49k-token head: 113 MB each) never exist whole."""
+    w = w.detach()
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    scale = torch.empty(w.size(0), dtype=torch.float32, device=w.device)
+    for i in range(0, w.size(0), rows):
+        c = w[i:i + rows].float()
+        if smooth is not None:
+            c = c * smooth[None, :]
+        sc = (c.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # an all-zero row: any scale works
+        q[i:i + rows] = torch.round(c / sc[:, None]).clamp(-127, 127)
+        scale[i:i + rows] = sc
     return q, scale
 
 
@@ -101,21 +111,19 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.kernel = kernel
-        weight = weight.detach().float()
+        weight = weight.detach()
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.handle = None
         inv = None if smooth is None else (1.0 / smooth).float()
         self.register_buffer("inv_smooth", inv if kernel == "fbgemm" else None)
         if kernel == "fbgemm":
-            if smooth is not None:
-                weight = weight * smooth[None, :]
-            q, scale = quantize_weight(weight)
+            q, scale = quantize_weight(weight, smooth)
             zero = torch.zeros(self.out_features, dtype=torch.long)
+            # int8 values and scales straight into a quantized tensor (no float copy)
             with warnings.catch_warnings():  # torch's deprecation notice of qint8 tensors
                 warnings.simplefilter("ignore", UserWarning)
-                qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(), zero,
-                                                0, torch.qint8)
-            self.register_buffer("wsum", (q.float() * scale[:, None]).sum(dim=1))
+                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+            self.register_buffer("wsum", (q.sum(dim=1, dtype=torch.int32).float() * scale))
             self.handle = next(_HANDLES)
             # the bias is added after the per-token rescaling, so it is not packed
             _PACKED[self.handle] = torch.ops.quantized.linear_prepack(qw, None)
@@ -223,24 +231,27 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
     amax = calibrate(model, calibration) if kernel == "fbgemm" and calibration is not None else {}
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     layers = skipped = smoothed = before = after = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if not isinstance(child, nn.Linear):
-                continue
-            if type(child) is not nn.Linear or (full == "head" and not head):
-                skipped += 1
-                continue
-            smooth = smoothing_factors(child.weight, amax[full]) if full in amax else None
-            smoothed += smooth is not None
-            q = Int8Linear(child.weight, child.bias, kernel, smooth).to(child.weight.device)
-            setattr(module, child_name, q)
-            layers += 1
-            n = child.weight.numel()
-            # a weight shared with an embedding stays in memory for the lookup: the int8
-            # copy adds to the footprint instead of replacing it
-            before += 0 if id(child.weight) in tied else 4 * n
-            after += n + 4 * child.out_features
+    # by name, holding no module: each float weight is freed as soon as its layer is replaced,
+    # so the peak is the float model plus one layer, not plus the whole int8 copy
+    targets = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for full in targets:
+        parent_name, _, child_name = full.rpartition(".")
+        module = model.get_submodule(parent_name)
+        child = getattr(module, child_name)
+        if type(child) is not nn.Linear or (full == "head" and not head):
+            skipped += 1
+            continue
+        smooth = smoothing_factors(child.weight, amax[full]) if full in amax else None
+        smoothed += smooth is not None
+        q = Int8Linear(child.weight, child.bias, kernel, smooth).to(child.weight.device)
+        n, out_features = child.weight.numel(), child.out_features
+        # a weight shared with an embedding stays in memory for the lookup: the int8
+        # copy adds to the footprint instead of replacing it
+        before += 0 if id(child.weight) in tied else 4 * n
+        after += n + 4 * out_features
+        del child
+        setattr(module, child_name, q)
+        layers += 1
     return {"kernel": kernel, "layers": layers, "skipped": skipped, "smoothed": smoothed,
             "bytes_before": before, "bytes_after": after}
 
