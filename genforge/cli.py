@@ -412,7 +412,7 @@ def generate(
     compile_: bool = typer.Option(False, "--compile", help="GPT: compile the decode step "
                                   "(seconds once, then faster tokens; needs a C++ compiler)"),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: Linear weights as "
-                                           "int8 per output channel (4x less weight memory; see README)"),
+                                           "int8 (faster CPU decoding, ~4x less weight memory; see README)"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Generate text or images from a trained run."""
@@ -449,7 +449,7 @@ def chat(
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
     seed: Optional[int] = typer.Option(None, help="random seed (turn k uses seed + k)"),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: Linear weights as "
-                                           "int8 per output channel (4x less weight memory; see README)"),
+                                           "int8 (faster CPU decoding, ~4x less weight memory; see README)"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Chat with a language model: answers stream as they are written, the conversation is
@@ -535,6 +535,8 @@ def serve(
     batching: bool = typer.Option(True, "--batching/--no-batching",
                                   help="decode all streams of a Transformer LM in one batched forward "
                                        "per step (--no-batching: one forward per stream, for comparison)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: the language models' "
+                                           "Linear weights as int8 (faster CPU decoding; see README)"),
 ) -> None:
     """Serve runs over an OpenAI-compatible HTTP API, with a web playground at /."""
     import torch
@@ -550,6 +552,11 @@ def serve(
 
     if workers < 1 or max_pending < 1:
         raise typer.BadParameter("--workers and --max-pending must be at least 1")
+    from genforge.pretrained.quantize import MODES
+
+    if quantize is not None and quantize not in MODES:
+        raise typer.BadParameter(f"--quantize {quantize!r} is not a supported quantization; "
+                                 f"choose one of: {', '.join(MODES)}")
     try:  # a taken port fails here, before the models load and anything is announced
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -558,7 +565,7 @@ def serve(
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port "
                           "or stop what uses it") from None
     torch.set_num_threads(torch_threads_for(workers))
-    models = load_models(runs, checkpoint, str(resolve_device(device)))
+    models = load_models(runs, checkpoint, str(resolve_device(device)), quantize)
     limits = Limits(workers=workers, max_pending=max_pending, max_tokens=max_tokens,
                     max_prompt_tokens=max_prompt_tokens, max_n=max_n, max_images=max_images,
                     max_body_bytes=max_body, batching=batching)

@@ -51,8 +51,9 @@ def train_runs(root: Path, names=tuple(RUNS)) -> dict[str, Path]:
 class LiveServer:
     """create_app(...) under a real uvicorn server on 127.0.0.1 (own thread, own loop)."""
 
-    def __init__(self, runs: list[Path], limits: Limits | None = None, api_key: str | None = None):
-        self.models = load_models(runs)
+    def __init__(self, runs: list[Path], limits: Limits | None = None, api_key: str | None = None,
+                 quantize: str | None = None):
+        self.models = load_models(runs, quantize=quantize)
         self.app = create_app(self.models, limits or Limits(), api_key)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

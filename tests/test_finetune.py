@@ -187,6 +187,11 @@ def test_chat_loss_is_on_assistant_tokens_only(base, tmp_path):
     full = tok.decode(row + [y[0][-1].item()] if y[0][-1] != CH.IGNORE else row)
     assert full.startswith("<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!")
     assert LM.evaluate(model, cfg, "val")["loss"] > 0
+    # the in-training sample is a reply, through the chat template, to a held-out first user turn
+    samples = sorted((tmp_path / "run" / "samples").glob("step_*.txt"))
+    assert samples, "no sample was logged"
+    text = samples[-1].read_text()
+    assert text.startswith("user: Hi there\nassistant: ") and "<|im_start|>" not in text
 
 
 def test_chatterbot_dataset_and_held_out_split():

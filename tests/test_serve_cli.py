@@ -119,3 +119,29 @@ def test_chat_template_file(tmp_path, gpt_run):
         r = httpx.post(s.url + "/v1/chat/completions", json={
             "model": "templated", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len("Q: hi\nA:")
+
+
+def test_serve_quantized_language_model(gpt_run):
+    """`serve --quantize int8`: the language model's Linear layers are int8 (the fast kernel,
+    calibrated, where fbgemm exists); single and concurrent (batched) streams answer; a bad
+    --quantize is one error before anything loads."""
+    from genforge.pretrained.quantize import Int8Linear, fbgemm_available
+
+    with LiveServer([gpt_run], quantize="int8") as srv:
+        model = srv.models[gpt_run.name].model
+        layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+        assert layers and not any(type(m) is __import__("torch").nn.Linear for m in model.modules())
+        assert {m.kernel for m in layers} == {"fbgemm" if fbgemm_available() else "dequant"}
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        alone = c.completions.create(model=gpt_run.name, prompt="KING:", max_tokens=12, temperature=0)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda p: c.completions.create(model=gpt_run.name, prompt=p, max_tokens=12,
+                                                              temperature=0),
+                               ["KING:", "QUEEN:", "KING:", "ROMEO:"]))
+        assert alone.usage.completion_tokens == 12 and alone.choices[0].text
+        assert all(o.usage.completion_tokens == 12 and o.choices[0].text for o in outs)
+    r = subprocess.run([sys.executable, "-m", "genforge", "serve", str(gpt_run), "--quantize", "int4"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 2 and "--quantize 'int4' is not a supported quantization" in r.stderr

@@ -319,10 +319,14 @@ def window(cfg: Config) -> int:
 
 def quantize_calibration(cfg: Config, run_dir):
     """For `--quantize int8`: one forward over genforge's calibration text (prose, dialogue,
-    code, numbers; genforge/pretrained/calibration.py) in the run's tokenizer."""
+    code, numbers; genforge/pretrained/calibration.py) in the run's tokenizer; a character
+    vocabulary that cannot spell it calibrates on the start of the run's training text."""
     from genforge.pretrained.calibration import CALIBRATION_TEXT
 
-    ids = tokenizer(cfg, run_dir).encode(CALIBRATION_TEXT)
+    try:
+        ids = tokenizer(cfg, run_dir).encode(CALIBRATION_TEXT)
+    except ValueError:
+        ids = tokens(cfg, "train")[:1024].tolist()
 
     def run(model):
         with torch.no_grad():
@@ -469,7 +473,33 @@ def _sample_prompt(cfg: Config, run_dir=None) -> tuple[str, str]:
     return first, note
 
 
+def _chat_sample(model, cfg: Config, run_dir) -> str:
+    """Chat data: the model's reply, through the run's chat template, to the first user turn of
+    the first held-out conversation (its system message kept); the reply ends at the
+    template's end-of-turn token, as in `genforge chat`."""
+    from genforge.generate.chat import fit_to_context, load_chat_template, stream_reply
+
+    tok = tokenizer(cfg, run_dir, model)
+    train, val = C.load_conversations(cfg.data, cfg.val_fraction)
+    conv = (val or train)[0]
+    first_user = next(i for i, m in enumerate(conv) if m["role"] == "user")
+    messages = conv[:first_user + 1]
+    template = load_chat_template(run_dir, tok)
+    context = int(model.context_size)
+    ids, _ = fit_to_context(template, tok, messages, context - min(cfg.sample_tokens, context // 2))
+    sc = _sampling(cfg, max_new_tokens=cfg.sample_tokens, temperature=cfg.sample_temperature,
+                   seed=cfg.seed)
+    reply = "".join(stream_reply(model, tok, template, ids, sc))
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + f"assistant: {reply}"
+
+
 def log_samples(model, cfg: Config, run_dir, step: int) -> str:
+    if C.is_chat_data(cfg.data) and run_dir is not None:
+        shown = _chat_sample(model, cfg, run_dir)
+        out = Path(run_dir) / "samples" / f"step_{step:07d}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(shown, encoding="utf-8")
+        return f"sample at step {step} (a held-out conversation's first user turn):\n{shown}\n"
     prompt, note = _sample_prompt(cfg, run_dir)
     text = sample(model, cfg, prompt, run_dir, max_new_tokens=cfg.sample_tokens,
                   temperature=cfg.sample_temperature, seed=cfg.seed)

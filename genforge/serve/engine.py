@@ -28,7 +28,7 @@ import torch
 
 from genforge.serve.batching import BatchedStream, ContinuousBatcher
 from genforge.serve.errors import APIError
-from genforge.train.checkpoint import RunError, load_run
+from genforge.train.checkpoint import RunError, load_run, read_config
 
 
 @dataclass
@@ -63,9 +63,11 @@ class ServedModel:
     batcher: Any = None  # its ContinuousBatcher, made on first use when batching applies
 
 
-def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "cpu") -> dict[str, ServedModel]:
+def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "cpu",
+                quantize: str | None = None) -> dict[str, ServedModel]:
     """Run folders -> served models by id (the run folder's name). Raises RunError with a
-    clear message for anything that cannot be served."""
+    clear message for anything that cannot be served. `quantize` ("int8"): the Linear
+    weights of the text-generation runs (genforge/pretrained/quantize.py)."""
     from genforge.recipes import capabilities
     from genforge.serve.tasks import TASKS
 
@@ -74,8 +76,10 @@ def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "
     models: dict[str, ServedModel] = {}
     for rd in run_dirs:
         rd = Path(rd)
-        recipe, cfg, model = load_run(rd, which, device)
+        _, recipe, _ = read_config(rd)
         task = getattr(recipe, "TASK", None)
+        recipe, cfg, model = load_run(rd, which, device,
+                                      quantize=quantize if task == "text-generation" else None)
         rname = recipe.__name__.rsplit(".", 1)[-1].replace("_", "-")
         if task not in TASKS:
             raise RunError(f"{rd} is a {rname} run, which the server cannot serve; serve text "
