@@ -403,7 +403,7 @@ def generate(
     label: Optional[str] = typer.Option(None, help="class to generate (conditional image models)"),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
     steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion; default: the "
-                                        "sampler's, dpm++ 15, ddim 50)"),
+                                        "sampler's, dpm++ 10, ddim 50)"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="diffusion sampler: dpm++ "
                                           "(default), ddim or ddpm"),
     out: Optional[Path] = typer.Option(None, "--out", help="output file (image grid PNG; audio runs: WAV)"),
@@ -535,8 +535,9 @@ def serve(
     batching: bool = typer.Option(True, "--batching/--no-batching",
                                   help="decode all streams of a Transformer LM in one batched forward "
                                        "per step (--no-batching: one forward per stream, for comparison)"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: the language models' "
-                                           "Linear weights as int8 (faster CPU decoding; see README)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: the language and "
+                                           "embedding models' Linear weights as int8 (faster on "
+                                           "x86 CPUs; see README)"),
 ) -> None:
     """Serve runs over an OpenAI-compatible HTTP API, with a web playground at /."""
     import torch
@@ -637,6 +638,8 @@ def embed(
     out: Optional[Path] = typer.Option(None, "--out", help="write vectors.npy or vectors.jsonl "
                                        "instead of printing"),
     batch_size: int = typer.Option(64, "--batch-size", help="texts per forward pass"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: Linear weights as "
+                                           "int8 (faster on x86 CPUs; see README)"),
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Embed texts as vectors (one per text, in order)."""
@@ -649,7 +652,7 @@ def embed(
         raise typer.BadParameter("give texts to embed, or --input FILE with one per line")
     if batch_size < 1:
         raise typer.BadParameter("--batch-size must be at least 1")
-    recipe, cfg, model = load_run(run, checkpoint)
+    recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if getattr(recipe, "TASK", None) != "embedding":
         raise typer.BadParameter(f"{run} is a {recipe.__name__.rsplit('.', 1)[-1]} run, not an "
                                  "embedding run (genforge import minilm --out runs/minilm)")

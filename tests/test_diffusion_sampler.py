@@ -219,7 +219,7 @@ def test_recipe_defaults_to_dpm_and_refuses_bad_pairs_before_work(runs):
     assert torch.equal(R.sample(model, cfg, n=3, seed=5, sampler="ddim", steps=4),
                        model.sample(3, labels, steps=4, guidance=cfg.guidance, sampler="ddim",
                                     generator=torch.Generator().manual_seed(5)))
-    cfg.sample_steps = 0  # the sampler's own default: dpm++ 15 (the tiny model has 20 timesteps)
+    cfg.sample_steps = 0  # the sampler's own default: dpm++ 10 (the tiny model has 20 timesteps)
     R.sample(model, cfg, n=1)
     with pytest.raises(ConfigError, match="ddpm: steps must be between 1 and 20"):
         R.sample(model, cfg, n=1, sampler="ddpm", steps=50)

@@ -94,6 +94,14 @@ def test_minilm_semantic_search_finds_related_sentences(tmp_path):
     vecs = recipe.embed(model, cfg, docs)["vectors"]
     query = recipe.embed(model, cfg, ["a very funny movie"])["vectors"][0]
     assert docs[int((vecs @ query).argmax())] == "the film is a hilarious comedy"
+    # --quantize int8 (calibrated int8 kernel on x86): nearly the same vectors, same answer
+    _, _, qmodel = load_run(tmp_path / "minilm", quantize="int8")
+    qvecs = recipe.embed(qmodel, cfg, docs)["vectors"]
+    qquery = recipe.embed(qmodel, cfg, ["a very funny movie"])["vectors"][0]
+    assert float((qvecs * vecs).sum(1).min()) > 0.98  # cosine similarity (unit vectors)
+    assert docs[int((qvecs @ qquery).argmax())] == "the film is a hilarious comedy"
+    r = runner.invoke(app, ["embed", str(tmp_path / "minilm"), "a very funny movie", "--quantize", "int8"])
+    assert r.exit_code == 0 and "(384 dims)" in r.output, r.output
 
 
 def test_import_of_a_missing_package_names_the_pip_command(monkeypatch, tmp_path):

@@ -306,7 +306,7 @@ class Diffusion(nn.Module):
         """n images in [0, 1] by `sampler` (genforge.generate.diffusion_samplers):
         "ddim" (eta=0: deterministic, Song et al. 2021 eq. 12; default 50 steps), "ddpm"
         (ancestral, eta=1; default every timestep) or "dpm++" (DPM-Solver++(2M), Lu et al.
-        2022; default 15 steps). For a conditional model, y=None samples unconditionally (the
+        2022; default 10 steps). For a conditional model, y=None samples unconditionally (the
         null label); a text-conditioned one takes `text` (n, text_dim) (None = the null text).
         `guidance_interval` (lo, hi), fractions of the timesteps: guidance only for t/T in
         [lo, hi], the plain conditional model (one forward instead of two) elsewhere

@@ -152,6 +152,25 @@ def _limit(cfg: Config) -> int:
 # the contract
 
 
+def quantize_calibration(cfg: Config, run_dir):
+    """For `--quantize int8`: one batch of genforge's calibration text, a line per input
+    (genforge/pretrained/calibration.py); a vocabulary that cannot spell it calibrates on
+    training rows."""
+    from genforge.pretrained.calibration import CALIBRATION_TEXT
+
+    tok = tokenizer(cfg, run_dir)
+    lines = [ln for ln in CALIBRATION_TEXT.splitlines() if ln.strip()]
+    try:
+        ids = encode(tok, cfg, lines, _limit(cfg))[0]
+    except ValueError:
+        ids = encode(tok, cfg, _rows(cfg)["train"][:64], _limit(cfg))[0]
+
+    def run(model):
+        with torch.no_grad():
+            model(ids.to(next(model.parameters()).device))
+    return run
+
+
 def build(cfg: Config, run_dir=None) -> torch.nn.Module:
     tok = tokenizer(cfg, run_dir)
     if not cfg.vocab_size:

@@ -63,11 +63,15 @@ class ServedModel:
     batcher: Any = None  # its ContinuousBatcher, made on first use when batching applies
 
 
+# the tasks `serve --quantize` applies to (Transformer text models, where int8 pays)
+QUANTIZED_TASKS = ("text-generation", "embedding")
+
+
 def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "cpu",
                 quantize: str | None = None) -> dict[str, ServedModel]:
     """Run folders -> served models by id (the run folder's name). Raises RunError with a
     clear message for anything that cannot be served. `quantize` ("int8"): the Linear
-    weights of the text-generation runs (genforge/pretrained/quantize.py)."""
+    weights of the text-generation and embedding runs (genforge/pretrained/quantize.py)."""
     from genforge.recipes import capabilities
     from genforge.serve.tasks import TASKS
 
@@ -79,7 +83,7 @@ def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "
         _, recipe, _ = read_config(rd)
         task = getattr(recipe, "TASK", None)
         recipe, cfg, model = load_run(rd, which, device,
-                                      quantize=quantize if task == "text-generation" else None)
+                                      quantize=quantize if task in QUANTIZED_TASKS else None)
         rname = recipe.__name__.rsplit(".", 1)[-1].replace("_", "-")
         if task not in TASKS:
             raise RunError(f"{rd} is a {rname} run, which the server cannot serve; serve text "
