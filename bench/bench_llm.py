@@ -39,7 +39,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_lm import hardware as lm_hardware, load  # noqa: E402
+
 RUN_CACHE = Path(os.environ.get("GENFORGE_BENCH_LLM_RUN", "/tmp/genforge-bench-smollm2"))
 
 
@@ -90,26 +93,12 @@ def transformers_model():
 
 
 def hardware(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     peer = ""
     if importlib.util.find_spec("transformers"):
         import transformers
 
         peer = f", transformers {transformers.__version__}"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{peer}, {threads} thread(s)"
-
-
-def load() -> str:
-    return "load avg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return lm_hardware(threads, peer)
 
 
 def shakespeare_tail() -> str:
@@ -221,6 +210,21 @@ def decode(a) -> None:
     print(f"# targets: decode >= 2x transformers, peak RSS <= 1 GB; {load()} at end")
 
 
+def decode_token_by_token(model):
+    """Logits (1, T, vocab) for x (1, T) one token per call through the KV cache: the
+    decoding path, whose int8 activation ranges are one token's (a whole window's forward
+    takes several rows at once)."""
+    import torch
+
+    def forward(x):
+        state, rows = model.new_state(1, x.size(1)), []
+        for t in range(x.size(1)):
+            logits, state = model.step(x[:, t:t + 1], state)
+            rows.append(logits)
+        return torch.stack(rows, dim=1)
+    return forward
+
+
 def child_ppl(variant: str, eval_tokens: int, window: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
@@ -237,14 +241,7 @@ def child_ppl(variant: str, eval_tokens: int, window: int, threads: int) -> dict
         run = imported_run()
         recipe, cfg, model = load_run(run, quantize="int8" if variant.startswith("int8") else None)
         ids = recipe.tokenizer(cfg, run).encode(tail)[:eval_tokens + 1]
-        forward = model
-        if variant == "int8-steps":  # the decoding path: one token per call, through the cache
-            def forward(x):
-                state, rows = model.new_state(1, x.size(1)), []
-                for t in range(x.size(1)):
-                    logits, state = model.step(x[:, t:t + 1], state)
-                    rows.append(logits)
-                return torch.stack(rows, dim=1)
+        forward = decode_token_by_token(model) if variant == "int8-steps" else model
     ids = torch.tensor(ids)
     total, count = 0.0, 0
     with torch.no_grad():

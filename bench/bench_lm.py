@@ -56,7 +56,9 @@ STANDARD = {
 }
 
 
-def hardware() -> str:
+def hardware(threads: int | None = None, peer: str = "") -> str:
+    """CPU model, cores, torch version (and `peer`, e.g. ", transformers 5.24"), threads
+    (default: this process's intra-op threads)."""
     cpu = platform.processor() or "cpu"
     try:
         for line in open("/proc/cpuinfo"):
@@ -65,8 +67,8 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op thread(s)")
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{peer}, "
+            f"{threads if threads is not None else torch.get_num_threads()} intra-op thread(s)")
 
 
 def load() -> str:

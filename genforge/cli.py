@@ -553,11 +553,10 @@ def serve(
 
     if workers < 1 or max_pending < 1:
         raise typer.BadParameter("--workers and --max-pending must be at least 1")
-    from genforge.pretrained.quantize import MODES
+    if quantize is not None:  # before the port and the models: also when no run would use it
+        from genforge.pretrained.quantize import check_mode
 
-    if quantize is not None and quantize not in MODES:
-        raise typer.BadParameter(f"--quantize {quantize!r} is not a supported quantization; "
-                                 f"choose one of: {', '.join(MODES)}")
+        check_mode(quantize)
     try:  # a taken port fails here, before the models load and anything is announced
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

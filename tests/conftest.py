@@ -34,3 +34,18 @@ def serve_runs(tmp_path_factory) -> dict:
     from serving import train_runs
 
     return train_runs(tmp_path_factory.mktemp("serve-runs"))
+
+
+@pytest.fixture(scope="session")
+def imagegen_runs(tmp_path_factory) -> dict:
+    """One-step image-generate runs (gan, diffusion, vae-mlp) of the recipe's TEST_CONFIGS,
+    trained once per test process and only read afterwards."""
+    from genforge.config import make_config
+    from genforge.recipes import get_recipe
+    from genforge.train.trainer import fit
+
+    recipe = get_recipe("image-generate")
+    root = tmp_path_factory.mktemp("imagegen-runs")
+    return {name: fit("image-generate", make_config(recipe, {**recipe.TEST_CONFIGS[name], "max_steps": 1}),
+                      root / name, log=lambda s: None)
+            for name in ("gan", "diffusion", "vae-mlp")}

@@ -190,18 +190,8 @@ def test_guidance_interval_switches_guidance_off_outside_it():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from genforge.config import make_config
-    from genforge.recipes import get_recipe
-    from genforge.train.trainer import fit
-
-    R = get_recipe("image-generate")
-    root = tmp_path_factory.mktemp("runs")
-    out = {}
-    for name in ("diffusion", "vae-mlp"):
-        cfg = make_config(R, {**R.TEST_CONFIGS[name], "max_steps": 1})
-        out[name] = fit("image-generate", cfg, root / name, log=lambda s: None)
-    return out
+def runs(imagegen_runs):
+    return imagegen_runs  # conftest.py: one-step gan, diffusion and vae-mlp runs
 
 
 def test_recipe_defaults_to_dpm_and_refuses_bad_pairs_before_work(runs):

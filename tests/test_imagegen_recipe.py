@@ -110,13 +110,8 @@ def test_quality_metrics_with_a_real_classifier_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    out = {}
-    for name in ("gan", "diffusion"):
-        cfg = make_config(R, {**R.TEST_CONFIGS[name], "max_steps": 1})
-        out[name] = fit("image-generate", cfg, root / name, log=lambda s: None)
-    return out
+def runs(imagegen_runs):
+    return imagegen_runs  # conftest.py: one-step gan, diffusion and vae-mlp runs
 
 
 def _cli(*args):

@@ -144,4 +144,5 @@ def test_serve_quantized_language_model(gpt_run):
         assert all(o.usage.completion_tokens == 12 and o.choices[0].text for o in outs)
     r = subprocess.run([sys.executable, "-m", "genforge", "serve", str(gpt_run), "--quantize", "int4"],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert r.returncode == 2 and "--quantize 'int4' is not a supported quantization" in r.stderr
+    assert r.returncode == 2 and "unknown quantization 'int4'; supported: int8" in r.stderr
+    assert "serving" not in r.stdout

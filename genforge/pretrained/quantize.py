@@ -204,6 +204,12 @@ def smoothing_factors(weight: torch.Tensor, amax: torch.Tensor, alpha: float = S
     return torch.where(amax > 0, s, torch.ones_like(s)).clamp(min=1e-5)
 
 
+def check_mode(mode: str) -> None:
+    """One error for a quantization genforge does not have (checked before any loading)."""
+    if mode not in MODES:
+        raise QuantizeError(f"unknown quantization {mode!r}; supported: {', '.join(MODES)}")
+
+
 def resolve_kernel(kernel: str, device: torch.device, calibrated: bool = False) -> str:
     if kernel not in KERNELS:
         raise QuantizeError(f"unknown int8 kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
@@ -223,8 +229,7 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
     representative input, from which the fbgemm kernel's SmoothQuant factors are computed
     (`auto` picks fbgemm only with it). LoRA layers (adapters not merged) are skipped: merge
     the run first (`genforge merge`)."""
-    if mode not in MODES:
-        raise QuantizeError(f"unknown quantization {mode!r}; supported: {', '.join(MODES)}")
+    check_mode(mode)
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if p is None:
         raise QuantizeError("the model has no floating-point weights to quantize")
@@ -257,5 +262,5 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
             "bytes_before": before, "bytes_after": after}
 
 
-__all__ = ["Int8Linear", "KERNELS", "MODES", "QuantizeError", "SMOOTH_ALPHA", "calibrate", "quantize_model",
+__all__ = ["Int8Linear", "KERNELS", "MODES", "QuantizeError", "SMOOTH_ALPHA", "calibrate", "check_mode", "quantize_model",
            "quantize_weight", "smoothing_factors"]

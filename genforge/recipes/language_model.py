@@ -473,6 +473,16 @@ def _sample_prompt(cfg: Config, run_dir=None) -> tuple[str, str]:
     return first, note
 
 
+@functools.lru_cache(maxsize=4)
+def _sample_turn(data: str, val_fraction: float) -> list[dict]:
+    """The messages up to the first user turn of the first held-out conversation (read once,
+    not at every evaluation)."""
+    train, val = C.load_conversations(data, val_fraction)
+    conv = (val or train)[0]
+    first_user = next(i for i, m in enumerate(conv) if m["role"] == "user")
+    return conv[:first_user + 1]
+
+
 def _chat_sample(model, cfg: Config, run_dir) -> str:
     """Chat data: the model's reply, through the run's chat template, to the first user turn of
     the first held-out conversation (its system message kept); the reply ends at the
@@ -480,10 +490,7 @@ def _chat_sample(model, cfg: Config, run_dir) -> str:
     from genforge.generate.chat import fit_to_context, load_chat_template, stream_reply
 
     tok = tokenizer(cfg, run_dir, model)
-    train, val = C.load_conversations(cfg.data, cfg.val_fraction)
-    conv = (val or train)[0]
-    first_user = next(i for i, m in enumerate(conv) if m["role"] == "user")
-    messages = conv[:first_user + 1]
+    messages = _sample_turn(cfg.data, cfg.val_fraction)
     template = load_chat_template(run_dir, tok)
     context = int(model.context_size)
     ids, _ = fit_to_context(template, tok, messages, context - min(cfg.sample_tokens, context // 2))

@@ -37,7 +37,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -428,6 +427,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     """A run directory -> (recipe module, cfg, model in eval mode). Needs nothing else.
     quantize="int8": Linear weights as int8 for inference (genforge/pretrained/quantize.py)."""
     run_dir = Path(run_dir)
+    if quantize:
+        from genforge.pretrained.quantize import check_mode
+
+        check_mode(quantize)  # before the model is built and its weights read
     _, recipe, cfg = read_config(run_dir)
     model = recipe.build(cfg, run_dir=run_dir)
     from genforge.train.transfer import prepare
