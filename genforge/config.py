@@ -87,6 +87,10 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     compile: bool = False  # torch.compile (opt-in)
+    # under torchrun: shard the weights, gradients and optimizer state over the processes
+    # (FSDP2 fully_shard) instead of replicating them (DDP), for models whose training state
+    # does not fit one device; one process ignores it
+    fsdp: bool = False
     eval_every: Annotated[int, AT_LEAST_0] = 0  # 0 = once per epoch (or at the end)
     eval_batches: Annotated[int, AT_LEAST_0] = 0  # 0 = the whole validation split
     log_every: Annotated[int, AT_LEAST_1] = 50  # print and record the training loss every N updates

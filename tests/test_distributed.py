@@ -46,7 +46,10 @@ def _config(**over):
 
     _, mod, _ = resolve("language-model")
     cfg = C.make_config(mod, None)
-    C.apply_overrides(cfg, {**TINY, **over}, mod.MODELS)
+    base = TINY
+    if "model" in over or "init_from" in over:  # another family, or the base run's own
+        base = {k: v for k, v in TINY.items() if not k.startswith("model")}
+    C.apply_overrides(cfg, {**base, **over}, mod.MODELS)
     return cfg
 
 
@@ -73,10 +76,18 @@ def _worker(rank: int, world: int, port: int, jobs: list, errors, fail_at: int |
 
             recipe.loss = loss
         for out, over, resume, stop_at in jobs:
-            fit("language-model", _config(**over), out, resume=resume, stop_at=stop_at, log=lambda _: None)
+            log = _log_to(Path(out).with_suffix(".rank0.log")) if rank == 0 else (lambda _: None)
+            fit("language-model", _config(**over), out, resume=resume, stop_at=stop_at, log=log)
     except BaseException as e:
         errors.put((rank, f"{type(e).__name__}: {e}", traceback.format_exc()))
         raise SystemExit(1)
+
+
+def _log_to(path: Path):
+    def log(msg: str) -> None:
+        with open(path, "a") as f:
+            f.write(msg + "\n")
+    return log
 
 
 def _run_ranks(jobs: list, world: int = 2, fail_at: int | None = None, timeout: float = 300,
@@ -178,6 +189,60 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     assert by_rank[1] == "RuntimeError: rank 1: a corrupt batch at step 3"
     assert 0 in by_rank  # rank 0 ended with a communication error instead of waiting forever
     assert dt < 45
+
+
+FSDP = {"fsdp": True, "model.n_layer": 2, "max_steps": 4, "grad_clip": 0.5, "grad_accum": 2}
+
+
+def test_fsdp_trains_the_weights_of_one_process_and_resumes_either_way(tmp_path):
+    """fsdp=true (FSDP2 fully_shard: two block units + the root, tied embedding/head): two
+    sharded ranks x batch 4 train what one process does with batch 8. Steps 1-2 sharded and
+    3-4 in one process (the checkpoint's optimizer state in the one-process layout), and steps
+    1-2 in one process and 3-4 sharded, both end at the straight one-process weights."""
+    _single(tmp_path / "one", **FSDP, batch_size=8)  # one process: fsdp has nothing to shard
+    errors, codes, _ = _run_ranks([(tmp_path / "f2o", {**FSDP, "batch_size": 4}, False, 2)])
+    assert not errors and codes == [0, 0], errors
+    assert "sharded (FSDP)" in (tmp_path / "f2o.rank0.log").read_text()
+    _single(tmp_path / "f2o", resume=True, **FSDP, batch_size=8)
+    _single(tmp_path / "o2f", stop_at=2, **FSDP, batch_size=8)
+    errors, codes, _ = _run_ranks([(tmp_path / "o2f", {**FSDP, "batch_size": 4}, True, None)])
+    assert not errors and codes == [0, 0], errors
+    one = _weights(tmp_path / "one")
+    _assert_close(_weights(tmp_path / "f2o"), one)
+    _assert_close(_weights(tmp_path / "o2f"), one)
+    # rank 0 evaluated its gathered copy: the numbers one process reports
+    ev = [r for r in _metrics(tmp_path / "o2f") if "val_loss" in r]
+    ev_one = [r for r in _metrics(tmp_path / "one") if "val_loss" in r]
+    assert [r["step"] for r in ev] == [2, 4]
+    assert ev[-1]["val_loss"] == pytest.approx(ev_one[-1]["val_loss"], abs=1e-4)
+
+
+def test_fsdp_lora_fine_tuning_of_a_llama_matches_one_process(tmp_path):
+    """The case FSDP is for: fine-tuning a pretrained Llama, here with LoRA (frozen base
+    shards, trainable adapters); the run saves its adapters only, as a one-process run does."""
+    base = tmp_path / "base"
+    llama = {"model": "llama", "model.n_head": 2, "model.n_kv_head": 1, "model.d_model": 16,
+             "model.intermediate": 32, "model.n_layer": 2, "model.block_size": 16}
+    _single(base, **llama, max_steps=1, batch_size=4)
+    lora = {**{k: v for k, v in FSDP.items() if k != "model.n_layer"}, "init_from": str(base),
+            "lora_r": 2, "lora_alpha": 4}
+    errors, codes, _ = _run_ranks([(tmp_path / "sharded", {**lora, "batch_size": 4}, False, None)])
+    assert not errors and codes == [0, 0], errors
+    _single(tmp_path / "one", **lora, batch_size=8)
+    sharded, one = _weights(tmp_path / "sharded"), _weights(tmp_path / "one")
+    assert sharded and all("lora" in k for k in sharded)
+    _assert_close(sharded, one)
+
+
+def test_fsdp_refuses_what_it_does_not_shard():
+    from genforge import config as C
+    from genforge.recipes import get_recipe
+    from genforge.train.trainer import _check_fsdp
+
+    with pytest.raises(C.ConfigError, match="fsdp=true does not apply.*ema"):
+        _check_fsdp(get_recipe("language-model"), "language-model", _config(fsdp=True, ema=0.99))
+    with pytest.raises(C.ConfigError, match="fsdp=true does not apply.*own update"):
+        _check_fsdp(get_recipe("image-generate"), "image-generate", _config(fsdp=True))
 
 
 @pytest.mark.slow

@@ -17,6 +17,14 @@ What a distributed run means, in one place:
   decision. Logged train metrics are averaged over the ranks.
 - The checkpoint format is unchanged (weights are saved from the unwrapped module), so a
   run can be resumed with another number of processes.
+- `fsdp=true` shards instead of replicating (FSDP2 `fully_shard`): each block of the model's
+  layer stacks is gathered just before its forward and freed after, gradients are
+  reduce-scattered, and each rank keeps only its shard of the weights, gradients and
+  optimizer state. Rank 0 also holds one plain copy of the weights (no gradients, no
+  optimizer state), refreshed from the shards before each evaluation and save, so
+  evaluation, samples and checkpoints are exactly the DDP path's; checkpoints hold the whole
+  model and optimizer in the usual layout (resumable with any number of processes, sharded
+  or not).
 - gloo on CPU, NCCL on CUDA, chosen from the device. A rank that raises exits with its
   error; torchrun then stops the other ranks, and the process-group timeout
   (GENFORGE_DIST_TIMEOUT seconds, default 1800) ends a collective whose peer vanished.
@@ -27,6 +35,8 @@ import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+import torch.nn as nn
 
 import torch
 import torch.distributed as dist
@@ -237,3 +247,91 @@ def broadcast_from_main(obj: Any, d: Dist) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ---------------------------------------------------------------------------------------
+# FSDP (fsdp=true): weights, gradients and optimizer state sharded over the ranks
+
+
+def _stacks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of the model's outermost layer stacks (ModuleLists of 2+ modules): GPT and
+    Llama blocks, encoder and decoder layers. Each becomes one FSDP unit."""
+    blocks: list[nn.Module] = []
+    inside: list[str] = []
+    for name, m in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside):
+            continue
+        if isinstance(m, nn.ModuleList) and len(m) > 1:
+            inside.append(name)
+            blocks.extend(m)
+    return blocks
+
+
+def shard_model(model: nn.Module) -> list[nn.Module]:
+    """fully_shard each block of the layer stacks, then the root (embeddings, head, the
+    rest); the model's parameters become DTensor shards. Returns the blocks."""
+    from torch.distributed.fsdp import fully_shard
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RuntimeError("nothing to train: every parameter is frozen")
+    blocks = _stacks(model)
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return blocks
+
+
+def set_gradient_sync(model: nn.Module, on: bool) -> None:
+    """FSDP's no_sync: accumulate a micro-batch's gradients locally (off) or reduce-scatter
+    them (on, the last micro-batch of a step)."""
+    model.set_requires_gradient_sync(on)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module) -> dict:
+    """Collective (every rank calls it): the whole state dict on rank 0, as CPU tensors
+    under the plain module's names; {} on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def _param_order(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the order torch's `Optimizer.state_dict()` numbers them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Collective: the optimizer's whole state on rank 0 in `Optimizer.state_dict()`'s own
+    layout (parameters numbered in group order), what a one-process run saves, so either
+    kind of run resumes the other; {} on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(model, opt, options=_full_options())
+    if not osd:
+        return {}
+    index = {n: i for i, n in enumerate(_param_order(model, opt))}
+    return {"state": {index[n]: s for n, s in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Every rank: a checkpoint's optimizer state (`Optimizer.state_dict()` layout, whole)
+    into the sharded optimizer; each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    order = _param_order(model, opt)
+    named = {"state": {order[i]: s for i, s in state["state"].items()},
+             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, named, options=StateDictOptions(full_state_dict=True))
+
+
+def local_value(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor result (the gradient norm of sharded gradients) as a plain tensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -12,6 +12,7 @@ read in one sitting (nanoGPT's train.py, litgpt's fit()), not spread over hooks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -143,9 +144,15 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                             "(without --nproc/torchrun)")
     if not d.is_main:
         distributed.barrier(d)  # rank 0 checks, cleans and writes the run directory first
+        # ... and its config.json, with what building filled in (a vocabulary size; the model
+        # config an init_from language-model run passes on): every rank builds that model
+        cfg = ckpt.read_config(out_dir)[2]
     if cfg.max_minutes < 0:
         raise C.ConfigError(f"max_minutes must be >= 0 (0 = no time budget), got {cfg.max_minutes}")
     _check_grad_accum(recipe, recipe_name, cfg)  # before anything is written
+    fsdp = cfg.fsdp and d.enabled  # weights, gradients and optimizer state sharded (FSDP2)
+    if fsdp:
+        _check_fsdp(recipe, recipe_name, cfg)  # before anything is written
     if cfg.ema:
         check_decay(cfg.ema)  # before anything is written
         if hasattr(recipe, "NO_EMA"):
@@ -184,7 +191,15 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         ckpt.save_config(out_dir, recipe_name, cfg)  # after build: data-dependent fields are filled
         distributed.barrier(d)  # the other ranks now read what build wrote (a tokenizer, a base)
     custom = hasattr(recipe, "update")
-    opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg)}
+    if state is not None:  # in place, before FSDP (if on) shards the parameters
+        ckpt.load_weights(model, ckpt_dir / "model.safetensors", out_dir)
+    replica = None
+    if fsdp:
+        # rank 0 evaluates, samples and saves a plain copy of the weights, refreshed from the
+        # shards (`gather`); the other ranks hold their shards only
+        replica = copy.deepcopy(model) if d.is_main else None
+        distributed.shard_model(model)
+    opts = recipe.optimizers(model, cfg) if custom else {"main": make_optimizer(model, cfg, fused=not fsdp)}
     # batches drawn per optimizer step: the loss path draws each micro-batch itself; a custom
     # update that accumulates (UPDATE_ACCUMULATES) gets all of a step's micro-batches in one
     draws_per_step = 1 if custom else cfg.grad_accum
@@ -195,7 +210,6 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
 
     step, best, bad_evals, best_step = 0, None, 0, None
     if state is not None:
-        ckpt.load_weights(model, ckpt_dir / "model.safetensors", out_dir)
         step, best, bad_evals = state["step"], state["best"], state["bad_evals"]
         best_step = state.get("best_step")
     ema = EMA(model, cfg.ema) if cfg.ema else None
@@ -203,7 +217,7 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         ckpt.load_weights(ema.model, ckpt_dir / "ema.safetensors", out_dir)
         ema.updates = state["ema_updates"]
     # what evaluation, samples and best.safetensors use: the averaged weights when there are any
-    eval_model = ema.model if ema is not None else model
+    eval_model = ema.model if ema is not None else replica if fsdp else model
 
     # the iterator counts batches drawn, not optimizer steps: resume where it really stopped
     # under torchrun each rank draws the global batch (batch_size x world) and keeps its slice
@@ -227,7 +241,10 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
     scheds = {k: make_scheduler(o, cfg, total, time_frac) for k, o in opts.items()}
     if state is not None:
         for k, o in opts.items():
-            o.load_state_dict(state["optimizers"][k])
+            if fsdp:
+                distributed.load_optimizer_state(model, o, state["optimizers"][k])
+            else:
+                o.load_state_dict(state["optimizers"][k])
             scheds[k].load_state_dict(state["schedulers"][k])
         if hasattr(recipe, "load_extra_state") and "extra" in state:
             recipe.load_extra_state(model, cfg, state["extra"])
@@ -252,7 +269,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
     log(f"model: {cfg.model}, {n_params:,} parameters"
         + (f" ({n_train:,} trainable)" if n_train != n_params else "") + f", on {device}"
         + (f", data-parallel over {d.world} processes (global batch {cfg.batch_size * d.world})"
-           if d.enabled else ""))
+           if d.enabled else "")
+        + (", weights, gradients and optimizer state sharded (FSDP)" if fsdp else ""))
     if hasattr(recipe, "data_summary") and state is None:
         for line in recipe.data_summary(cfg):
             log(f"data: {line}")
@@ -263,21 +281,33 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
 
     # loss recipes train through DDP (gradients all-reduced during backward); a custom update
     # gets the plain module and its optimizers average gradients before stepping
-    ddp = distributed.wrap_ddp(model, d, device) if not custom else model
+    ddp = distributed.wrap_ddp(model, d, device) if not (custom or fsdp) else model
     train_model = torch.compile(ddp) if cfg.compile else ddp
     eval_every = cfg.eval_every or steps_per_epoch or total
     save_every = cfg.save_every or eval_every
     writer = _tensorboard(out_dir, cfg.tensorboard, log) if d.is_main else None
     metrics_path = out_dir / "metrics.jsonl"
+    gathered_at = [None]
+
+    def gather() -> None:
+        """FSDP, every rank: the shards' current weights into rank 0's plain copy (once a step)."""
+        if fsdp and gathered_at[0] != step:
+            full = distributed.full_model_state(model)
+            if d.is_main:
+                replica.load_state_dict(full)
+            gathered_at[0] = step
 
     def save(final: bool = False) -> None:
         # one checkpoint folder, published at once (genforge/train/checkpoint.py)
-        weights = {"model.safetensors": model}
+        gather()
+        optim_states = ({k: distributed.full_optimizer_state(model, o) for k, o in opts.items()}
+                        if fsdp else None)  # collective: before the other ranks leave
+        weights = {"model.safetensors": replica if fsdp else model}
         if not d.is_main:
             return
         st = {"step": step, "best": best, "best_step": best_step, "bad_evals": bad_evals, "rng": ckpt.rng_state(),
               "global_batch": cfg.batch_size * d.world,
-              "optimizers": {k: o.state_dict() for k, o in opts.items()},
+              "optimizers": optim_states or {k: o.state_dict() for k, o in opts.items()},
               "schedulers": {k: s.state_dict() for k, s in scheds.items()}, "elapsed_s": elapsed(), "total_steps": total}
         if hasattr(recipe, "extra_state"):
             st["extra"] = recipe.extra_state(model, cfg)
@@ -304,6 +334,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                 batch = to_device(next(batches), device)
                 # DDP all-reduces on the last micro-batch only (the others accumulate locally)
                 sync = contextlib.nullcontext() if (i == cfg.grad_accum - 1 or ddp is model) else ddp.no_sync()
+                if fsdp and cfg.grad_accum > 1:  # FSDP's: reduce-scatter on the last only
+                    distributed.set_gradient_sync(model, i == cfg.grad_accum - 1)
                 with sync:
                     with autocast(device):
                         out = recipe.loss(train_model, batch)
@@ -314,7 +346,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                     (loss / cfg.grad_accum).backward()
             distributed.sync_if_bypassed(ddp, d)
             if cfg.grad_clip > 0:
-                out = {**out, "grad_norm": torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)}
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                out = {**out, "grad_norm": distributed.local_value(norm)}
             opt.step()
             opt.zero_grad(set_to_none=True)
         for s in scheds.values():
@@ -349,7 +382,9 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         bar.update(1)
 
         if step % eval_every == 0 or step == total:
-            eval_model.eval()
+            gather()
+            if eval_model is not None:
+                eval_model.eval()
             ev = None
             if d.is_main:  # over the whole split, on rank 0; the others get its numbers
                 with torch.no_grad(), autocast(device):
@@ -399,7 +434,18 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         from genforge.evaluate.plots import plot_curves
 
         plot_curves(out_dir, out_dir / "plots" / "curves.png")
-    return out_dir, eval_model
+    return out_dir, eval_model if eval_model is not None else model
+
+
+def _check_fsdp(recipe, recipe_name: str, cfg: C.TrainConfig) -> None:
+    """What sharded training does not cover, refused before anything is written."""
+    why = ("its own update steps several optimizers over sub-networks" if hasattr(recipe, "update")
+           else "the weight average would be a second full copy on every rank; remove the ema setting" if cfg.ema
+           else "the penalty would need the whole weights on every rank; use weight_decay instead" if cfg.l1 or cfg.l2
+           else None)
+    if why:
+        raise C.ConfigError(f"fsdp=true does not apply to this {recipe_name} run: {why} (or train it "
+                            "data-parallel without fsdp)")
 
 
 class _NoBar:
