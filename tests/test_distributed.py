@@ -199,7 +199,11 @@ def test_fsdp_trains_the_weights_of_one_process_and_resumes_either_way(tmp_path)
     sharded ranks x batch 4 train what one process does with batch 8. Steps 1-2 sharded and
     3-4 in one process (the checkpoint's optimizer state in the one-process layout), and steps
     1-2 in one process and 3-4 sharded, both end at the straight one-process weights."""
-    _single(tmp_path / "one", **FSDP, batch_size=8)  # one process: fsdp has nothing to shard
+    from genforge.train.trainer import fit
+
+    said: list[str] = []  # one process: fsdp has nothing to shard, and the run says so
+    fit("language-model", _config(**FSDP, batch_size=8), tmp_path / "one", log=said.append)
+    assert any("as one process this run trains unsharded" in m for m in said)
     errors, codes, _ = _run_ranks([(tmp_path / "f2o", {**FSDP, "batch_size": 4}, False, 2)])
     assert not errors and codes == [0, 0], errors
     assert "sharded (FSDP)" in (tmp_path / "f2o.rank0.log").read_text()

@@ -36,10 +36,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import torch.nn as nn
-
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -176,13 +175,17 @@ class _DDP(torch.nn.parallel.DistributedDataParallel):
             return getattr(self.module, name)
 
 
+def _check_trainable(model: torch.nn.Module) -> None:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RuntimeError("nothing to train: every parameter is frozen")
+
+
 def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
     """DDP over the trainable parameters (frozen ones, e.g. a LoRA base, are not registered,
     so they neither take part in the all-reduce nor count as unused)."""
     if not d.enabled:
         return model
-    if not any(p.requires_grad for p in model.parameters()):
-        raise RuntimeError("nothing to train: every parameter is frozen")
+    _check_trainable(model)
     ids = [device.index] if device.type == "cuda" else None
     return _DDP(model, device_ids=ids)
 
@@ -267,24 +270,15 @@ def _stacks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_model(model: nn.Module) -> list[nn.Module]:
+def shard_model(model: nn.Module) -> None:
     """fully_shard each block of the layer stacks, then the root (embeddings, head, the
-    rest); the model's parameters become DTensor shards. Returns the blocks."""
+    rest); the model's parameters become DTensor shards, in place."""
     from torch.distributed.fsdp import fully_shard
 
-    if not any(p.requires_grad for p in model.parameters()):
-        raise RuntimeError("nothing to train: every parameter is frozen")
-    blocks = _stacks(model)
-    for block in blocks:
+    _check_trainable(model)
+    for block in _stacks(model):
         fully_shard(block)
     fully_shard(model)
-    return blocks
-
-
-def set_gradient_sync(model: nn.Module, on: bool) -> None:
-    """FSDP's no_sync: accumulate a micro-batch's gradients locally (off) or reduce-scatter
-    them (on, the last micro-batch of a step)."""
-    model.set_requires_gradient_sync(on)
 
 
 def _full_options():

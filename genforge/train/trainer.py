@@ -151,8 +151,11 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         raise C.ConfigError(f"max_minutes must be >= 0 (0 = no time budget), got {cfg.max_minutes}")
     _check_grad_accum(recipe, recipe_name, cfg)  # before anything is written
     fsdp = cfg.fsdp and d.enabled  # weights, gradients and optimizer state sharded (FSDP2)
-    if fsdp:
+    if cfg.fsdp:
         _check_fsdp(recipe, recipe_name, cfg)  # before anything is written
+        if not d.enabled:
+            log("note: fsdp=true shards over torchrun processes (--nproc N); as one process "
+                "this run trains unsharded")
     if cfg.ema:
         check_decay(cfg.ema)  # before anything is written
         if hasattr(recipe, "NO_EMA"):
@@ -334,8 +337,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
                 batch = to_device(next(batches), device)
                 # DDP all-reduces on the last micro-batch only (the others accumulate locally)
                 sync = contextlib.nullcontext() if (i == cfg.grad_accum - 1 or ddp is model) else ddp.no_sync()
-                if fsdp and cfg.grad_accum > 1:  # FSDP's: reduce-scatter on the last only
-                    distributed.set_gradient_sync(model, i == cfg.grad_accum - 1)
+                if fsdp and cfg.grad_accum > 1:  # FSDP's no_sync: reduce-scatter on the last only
+                    model.set_requires_gradient_sync(i == cfg.grad_accum - 1)
                 with sync:
                     with autocast(device):
                         out = recipe.loss(train_model, batch)
@@ -439,13 +442,14 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
 
 def _check_fsdp(recipe, recipe_name: str, cfg: C.TrainConfig) -> None:
     """What sharded training does not cover, refused before anything is written."""
-    why = ("its own update steps several optimizers over sub-networks" if hasattr(recipe, "update")
-           else "the weight average would be a second full copy on every rank; remove the ema setting" if cfg.ema
-           else "the penalty would need the whole weights on every rank; use weight_decay instead" if cfg.l1 or cfg.l2
-           else None)
+    why = [text for applies, text in [
+        (hasattr(recipe, "update"), "its own update steps several optimizers over sub-networks"),
+        (cfg.ema, "the weight average would be a second full copy on every rank; remove the ema setting"),
+        (cfg.l1 or cfg.l2, "the penalty would need the whole weights on every rank; use weight_decay instead"),
+    ] if applies]
     if why:
-        raise C.ConfigError(f"fsdp=true does not apply to this {recipe_name} run: {why} (or train it "
-                            "data-parallel without fsdp)")
+        raise C.ConfigError(f"fsdp=true does not apply to this {recipe_name} run: {why[0]} (or train "
+                            "it data-parallel without fsdp)")
 
 
 class _NoBar:
