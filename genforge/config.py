@@ -89,7 +89,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile (opt-in)
     # under torchrun: shard the weights, gradients and optimizer state over the processes
     # (FSDP2 fully_shard) instead of replicating them (DDP), for models whose training state
-    # does not fit one device; one process ignores it
+    # does not fit one device; a single process trains unsharded (and says so)
     fsdp: bool = False
     eval_every: Annotated[int, AT_LEAST_0] = 0  # 0 = once per epoch (or at the end)
     eval_batches: Annotated[int, AT_LEAST_0] = 0  # 0 = the whole validation split
