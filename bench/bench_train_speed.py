@@ -65,12 +65,13 @@ def prepare_nanogpt_data(work: Path) -> None:
         pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
 
 
-def run_nanogpt(nano: Path, work: Path, iters: int, decay_iters: int, env: dict, eval_iters: int = 1) -> tuple[list[float], float | None]:
+def run_nanogpt(nano: Path, work: Path, iters: int, decay_iters: int, env: dict, eval_iters: int = 1,
+                compile: bool = False) -> tuple[list[float], float | None]:
     # train.py reads configurator.py and data/ from its working directory
     cfgr = work / "configurator.py"
     if not cfgr.exists():
         cfgr.write_text((nano / "configurator.py").read_text())
-    args = ["--dataset=shakespeare_char", "--device=cpu", "--compile=False", "--dtype=float32",
+    args = ["--dataset=shakespeare_char", "--device=cpu", f"--compile={compile}", "--dtype=float32",
             "--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=64", "--batch_size=12",
             "--dropout=0.0", "--bias=False", "--learning_rate=1e-3", "--min_lr=1e-4",
             "--warmup_iters=100", f"--lr_decay_iters={decay_iters}", f"--max_iters={iters}",
@@ -87,8 +88,9 @@ def run_nanogpt(nano: Path, work: Path, iters: int, decay_iters: int, env: dict,
     return times, float(vals[-1]) if vals else None
 
 
-def run_genforge(iters: int, env: dict, out: Path, eval_batches: int) -> tuple[list[float], float | None]:
-    sets = {**GPT, "max_steps": iters, "log_every": 1, "eval_every": iters, "eval_batches": eval_batches,
+def run_genforge(iters: int, env: dict, out: Path, eval_batches: int,
+                 compile: bool = False) -> tuple[list[float], float | None]:
+    sets = {**GPT, "compile": str(compile).lower(), "max_steps": iters, "log_every": 1, "eval_every": iters, "eval_batches": eval_batches,
             "plots": False, "sample_tokens": 0, "weight_decay": 0.1, "betas": "(0.9,0.99)"}
     cmd = [sys.executable, "-m", "genforge", "train", "language-model", "--out", str(out), "--overwrite"]
     for k, v in sets.items():
@@ -114,7 +116,7 @@ def part_gpt(a) -> None:
     work = Path(tempfile.mkdtemp(prefix="nanogpt-work-"))
     prepare_nanogpt_data(work)
     print(f"\n### gpt: ms/iter, {a.iters} iterations per program per round (median after "
-          f"{a.skip}), alternating\n")
+          f"{a.skip}), alternating{', both torch.compile-d' if a.compile else ''}\n")
     print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware()}; {a.threads} thread(s); {load()} at start\n")
     print("| round | genforge ms/iter | nanoGPT ms/iter | nanoGPT / genforge |")
     print("|---|---|---|---|")
@@ -124,17 +126,17 @@ def part_gpt(a) -> None:
         res = {}
         for who in order:
             if who == "genforge":
-                t, _ = run_genforge(a.iters, env, work / "gf", eval_batches=1)
+                t, _ = run_genforge(a.iters, env, work / "gf", eval_batches=1, compile=a.compile)
             else:
-                t, _ = run_nanogpt(nano, work, a.iters, 2000, env)
+                t, _ = run_nanogpt(nano, work, a.iters, 2000, env, compile=a.compile)
             res[who] = statistics.median(t[a.skip:])
         ratios.append(res["nanogpt"] / res["genforge"])
         print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {ratios[-1]:.2f}x |", flush=True)
     print(f"\nmedian ratio nanoGPT/genforge: {statistics.median(ratios):.2f}x (target >= 1.3x); "
           f"{load()} at end")
     if a.full:
-        tg, vg = run_genforge(a.full_iters, env, work / "gf-full", eval_batches=200)
-        tn, vn = run_nanogpt(nano, work, a.full_iters, a.full_iters, env, eval_iters=200)
+        tg, vg = run_genforge(a.full_iters, env, work / "gf-full", eval_batches=200, compile=a.compile)
+        tn, vn = run_nanogpt(nano, work, a.full_iters, a.full_iters, env, eval_iters=200, compile=a.compile)
         print(f"\n{a.full_iters} iterations: genforge {statistics.median(tg):.1f} ms/iter, val loss "
               f"{vg:.4f}; nanoGPT {statistics.median(tn):.1f} ms/iter, val loss {vn:.4f} (200 val batches each)")
 
@@ -217,6 +219,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also one --full-iters run each with val loss")
     ap.add_argument("--full-iters", type=int, default=2000)
     ap.add_argument("--cnn-steps", type=int, default=60)
+    ap.add_argument("--compile", action="store_true",
+                    help="gpt: both programs under torch.compile (genforge compile=true, nanoGPT --compile=True)")
     a = ap.parse_args()
     if "gpt" in a.parts:
         part_gpt(a)

@@ -87,6 +87,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     compile: bool = False  # torch.compile (opt-in)
+    # 2-D convolution weights in channels-last (NHWC) memory layout while training: oneDNN's
+    # fastest convolutions on CPU, tensor cores on GPU; no effect on models without them
+    channels_last: bool = True
     # under torchrun: shard the weights, gradients and optimizer state over the processes
     # (FSDP2 fully_shard) instead of replicating them (DDP), for models whose training state
     # does not fit one device; a single process trains unsharded (and says so)

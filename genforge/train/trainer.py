@@ -184,6 +184,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
         model = recipe.build(cfg, run_dir=out_dir).to(device)
         # init_from, LoRA adapters, freeze (a resumed LoRA run reloads and checks its base)
         model = transfer.prepare(model, cfg, out_dir, fresh=state is None, log=log)
+        if cfg.channels_last and not fsdp:  # FSDP shards parameters as plain contiguous rows
+            model = model.to(memory_format=torch.channels_last)  # 4-D tensors only
     except Exception as e:
         if created:  # leave no half-made run behind
             shutil.rmtree(out_dir, ignore_errors=True)
