@@ -114,3 +114,52 @@ def test_sample_refuses_an_empty_prompt(runs):
     with pytest.raises(ConfigError, match="prompt is empty"):
         recipe.sample(model, cfg, n=1, prompt="")
     assert recipe.sample(model, cfg, n=2, label="bag", steps=2).shape == (2, 1, 28, 28)
+
+
+def test_run_keeps_the_training_captions_vectors_for_the_prior(runs):
+    """The caption bank is the locked text tower's vectors of the distinct training captions,
+    saved in the run (a loaded run has them without the data)."""
+    from genforge.recipes import contrastive as cl
+    from genforge.recipes import text2image as t2i
+    from genforge.train.checkpoint import load_run
+
+    _, cfg, model = load_run(runs / "t2i")
+    caps = t2i.bank_captions(cfg)
+    assert cfg.caption_bank == len(caps) == len(set(caps)) > 10
+    with torch.no_grad():
+        want = model.text(cl.encode_texts(model.tokenizer, caps, cfg.text_max_len))
+    assert model.caption_bank.shape == want.shape
+    assert torch.allclose(model.caption_bank, want, atol=1e-5)
+
+
+def test_the_prior_is_the_weighted_mean_of_the_nearest_captions():
+    from genforge.recipes.text2image import caption_prior
+
+    torch.manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    e = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    got = caption_prior(e, bank, k=5, temperature=0.1)
+    for i in range(3):  # written out: the 5 most similar rows, softmax weights, renormalised
+        sims = bank @ e[i]
+        top = sorted(range(50), key=lambda j: -float(sims[j]))[:5]
+        w = torch.softmax(sims[top] / 0.1, 0)
+        m = sum(w[j] * bank[top[j]] for j in range(5))
+        assert torch.allclose(got[i], m / m.norm(), atol=1e-6)
+    # a prompt that is a bank row, with k=1, conditions on exactly that row
+    assert torch.allclose(caption_prior(bank[7:8], bank, k=1, temperature=0.1), bank[7:8], atol=1e-6)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(3))
+
+
+def test_prior_k_zero_conditions_on_the_prompts_own_vector(runs):
+    from genforge.recipes import contrastive as cl
+    from genforge.train.checkpoint import load_run
+
+    _, cfg, model = load_run(runs / "t2i")
+    tokens = cl.encode_texts(model.tokenizer, ["a pair of running shoes", "a tote bag"], cfg.text_max_len)
+    with torch.no_grad():
+        own = model.text(tokens)
+        assert torch.equal(model.condition(tokens, 0, 0.05), own)
+        prior = model.condition(tokens, cfg.prior_k, cfg.prior_temperature)
+    assert not torch.allclose(prior, own)
+    # every conditioning vector the prior gives lies in the span of the bank's nearest rows
+    assert torch.allclose(prior.norm(dim=-1), torch.ones(2), atol=1e-5)

@@ -15,6 +15,13 @@ config and tokenizer are saved in it.
 Captions are those of the contrastive recipe (class + measured attributes, training
 wording); evaluation uses the held-out wording: class-consistency of images generated from
 held-out prompts and FID, both in a genforge classifier's features (`classifier=RUN`).
+
+A retrieval prior bridges the gap between a new wording and what the U-Net was trained on
+(the role of DALL-E 2's prior, Ramesh et al. 2022, done by lookup instead of a second
+network): the run keeps the locked text tower's vectors of its distinct training captions
+(`caption_bank`), and sampling conditions on the softmax(similarity / prior_temperature)
+weighted mean of the prompt's `prior_k` nearest captions instead of on the prompt's own
+vector, which the U-Net never saw. `prior_k=0` conditions on the prompt's vector.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -37,15 +45,27 @@ from genforge.models.diffusion import Diffusion, DiffusionConfig
 from genforge.recipes import contrastive as cl
 
 
-class TextToImage(nn.Module):
-    """A CLIP text tower (under `clip.`) + a text-conditioned Diffusion (under `diffusion.`)."""
+def caption_prior(e: torch.Tensor, bank: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """Unit prompt vectors (B, D) -> the unit-normalised softmax(cosine / temperature)-weighted
+    mean of each one's k nearest rows of `bank` (N, D), the training captions' vectors."""
+    sims, idx = (e @ bank.T).topk(min(k, len(bank)), dim=-1)  # (B, k)
+    w = torch.softmax(sims / temperature, dim=-1)
+    m = (w.unsqueeze(-1) * bank[idx]).sum(1)
+    return m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def __init__(self, clip_cfg: CLIPConfig, cfg: DiffusionConfig, train_text: bool):
+
+class TextToImage(nn.Module):
+    """A CLIP text tower (under `clip.`) + a text-conditioned Diffusion (under `diffusion.`),
+    and the text vectors of `bank` training captions for the retrieval prior (a buffer, so the
+    run carries them)."""
+
+    def __init__(self, clip_cfg: CLIPConfig, cfg: DiffusionConfig, train_text: bool, bank: int = 0):
         super().__init__()
         cfg.text_dim = clip_cfg.embed_dim
         self.clip = CLIP(clip_cfg)
         self.diffusion = Diffusion(cfg)
         self.cfg = cfg
+        self.register_buffer("caption_bank", torch.zeros(bank, clip_cfg.embed_dim) if bank else None)
         # the image tower of a CLIP run plays no part here; the text tower trains only in the
         # fallback (no clip run)
         self.clip.image.requires_grad_(False)
@@ -56,6 +76,14 @@ class TextToImage(nn.Module):
 
     def text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(tokens)  # (B, D) unit vectors
+
+    def condition(self, tokens: torch.Tensor, prior_k: int, temperature: float) -> torch.Tensor:
+        """What sampling conditions on: the prompts' vectors through the retrieval prior (when
+        the run has a caption bank and prior_k > 0), else the vectors themselves."""
+        e = self.text(tokens)
+        if self.caption_bank is None or prior_k < 1:
+            return e
+        return caption_prior(e, self.caption_bank, prior_k, temperature)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> dict:
         return self.diffusion(x, text=self.text(tokens))
@@ -89,7 +117,12 @@ class Config(TrainConfig):
     eval_samples: int = 200  # generated images per evaluation when `classifier` is set (held-out prompts)
     sample_grid: int = 20  # images in the grid written at each evaluation (two per class prompt)
     sample_steps: int = 50  # DDIM steps
-    guidance: float = 3.0  # classifier-free guidance scale; 1 = none
+    guidance: float = 5.0  # classifier-free guidance scale; 1 = none
+    # retrieval prior (needs a locked `clip` tower): sampling conditions on the weighted mean of
+    # the prompt's prior_k nearest training captions' vectors; 0 = on the prompt's own vector
+    prior_k: Annotated[int, "[0, inf)"] = 16
+    prior_temperature: Annotated[float, "(0, inf)"] = 0.05  # softmax temperature over cosine similarities
+    prior_bank_max: Annotated[int, "[1, inf)"] = 20000  # at most this many distinct training captions in the bank
     # filled by `build`, saved so the run loads without the data or the clip run
     classes: list[str] = field(default_factory=list)
     channels: int = 0
@@ -99,6 +132,7 @@ class Config(TrainConfig):
     std: float = 1.0
     tokenizer_source: str = ""
     clip_config: str = ""  # the text tower's CLIPConfig as JSON
+    caption_bank: int = 0  # training captions whose vectors the run keeps for the prior (0 = none)
 
 
 _JOINT_TEXT = {"embed_dim": 64, "image_channels": [4], "text_width": 64, "text_layers": 2, "text_heads": 4}
@@ -157,12 +191,31 @@ def build(cfg: Config, run_dir=None) -> torch.nn.Module:
         raise ConfigError(f"text2image needs square images, got {cfg.height}x{cfg.width}; set image_size=N")
     mc = cfg.model_cfg
     mc.image_size, mc.channels, mc.n_classes = cfg.height, cfg.channels, 0
-    model = TextToImage(_clip_cfg(cfg), mc, train_text=not cfg.clip)
+    bank = bank_captions(cfg) if fresh and cfg.clip and cfg.prior_k > 0 else []
+    if fresh:
+        cfg.caption_bank = len(bank)
+    model = TextToImage(_clip_cfg(cfg), mc, train_text=not cfg.clip, bank=cfg.caption_bank)
     if state is not None:
         model.clip.load_state_dict(state)
     cl.save_tokenizer(cfg, run_dir)
     model.tokenizer = cl.tokenizer(_TokCfg(cfg), run_dir)
+    if bank:  # the locked tower's vectors of the training captions (a loaded run reads them)
+        with torch.no_grad():
+            model.caption_bank.copy_(torch.cat([
+                model.text(cl.encode_texts(model.tokenizer, bank[i:i + 256], cfg.text_max_len))
+                for i in range(0, len(bank), 256)]))
     return model
+
+
+def bank_captions(cfg: Config) -> list[str]:
+    """The distinct training-wording captions of the training images (one caption each, the
+    run's seed; the user's own captions as given), at most prior_bank_max of them (seeded)."""
+    d = cl.load_splits(cfg)[0]["train"]
+    caps = d.captions if d.captions is not None else Captioner(cfg.classes).captions(d.labels, d.attrs, cfg.seed)
+    caps = sorted(set(caps))
+    if len(caps) > cfg.prior_bank_max:
+        caps = sorted(random.Random(cfg.seed).sample(caps, cfg.prior_bank_max))
+    return caps
 
 
 class _TokCfg:
@@ -236,7 +289,7 @@ def generate_images(model, cfg: Config, prompts: list[str] | None, n: int, steps
             text = None
             if prompts is not None:
                 tokens = cl.encode_texts(m.tokenizer, prompts[i:i + k], cfg.text_max_len).to(dev)
-                text = m.text(tokens)
+                text = m.condition(tokens, cfg.prior_k, cfg.prior_temperature)
             out.append(m.diffusion.sample(k, steps=steps or cfg.sample_steps, generator=g, text=text,
                                           guidance=cfg.guidance if guidance is None else guidance).cpu())
     finally:
