@@ -10,7 +10,7 @@ from genforge.config import make_config
 from genforge.recipes import get_recipe
 from genforge.train import checkpoint as ckpt
 from genforge.train.optim import lr_factor, penalty
-from genforge.train.trainer import fit
+from genforge.train.trainer import fit, fit_model
 
 IC = get_recipe("image-classify")
 QUIET = dict(log=lambda s: None)
@@ -434,3 +434,20 @@ def test_counts_stay_integers_in_the_log(tmp_path):
     fit("reinforce", cfg, tmp_path / "r", log=lines.append)
     ev = [s for s in lines if s.startswith("eval ")]
     assert ev and "val_episodes=2 " in ev[-1] + " "
+
+
+def test_channels_last_trains_the_same_model_in_nhwc_layout(tmp_path):
+    """channels_last (the default) keeps conv weights NHWC while training and in load_run; the
+    run's weights file is the same model either way (plain tensors, within float tolerance),
+    and channels_last=false keeps PyTorch's layout."""
+    runs = {}
+    for on in (True, False):
+        _, model = fit_model("image-classify", _cfg(channels_last=on), tmp_path / str(on), **QUIET)
+        conv = model.features[4].weight  # the second conv (4 -> 8 channels: the layouts differ)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == on
+        assert conv.is_contiguous() == (not on)
+        _, _, loaded = ckpt.load_run(tmp_path / str(on))
+        assert loaded.features[4].weight.is_contiguous(memory_format=torch.channels_last) == on
+        runs[on] = load_file(tmp_path / str(on) / "model.safetensors")
+    for k in runs[True]:
+        assert torch.allclose(runs[True][k], runs[False][k], atol=1e-4), k
