@@ -132,13 +132,26 @@ def part_gpt(a) -> None:
             res[who] = statistics.median(t[a.skip:])
         ratios.append(res["nanogpt"] / res["genforge"])
         print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {ratios[-1]:.2f}x |", flush=True)
-    print(f"\nmedian ratio nanoGPT/genforge: {statistics.median(ratios):.2f}x (target >= 1.3x); "
-          f"{load()} at end")
+    if ratios:
+        print(f"\nmedian ratio nanoGPT/genforge: {statistics.median(ratios):.2f}x (target >= 1.3x); "
+              f"{load()} at end")
     if a.full:
-        tg, vg = run_genforge(a.full_iters, env, work / "gf-full", eval_batches=200, compile=a.compile)
-        tn, vn = run_nanogpt(nano, work, a.full_iters, a.full_iters, env, eval_iters=200, compile=a.compile)
-        print(f"\n{a.full_iters} iterations: genforge {statistics.median(tg):.1f} ms/iter, val loss "
-              f"{vg:.4f}; nanoGPT {statistics.median(tn):.1f} ms/iter, val loss {vn:.4f} (200 val batches each)")
+        print(f"\n#### {a.full_iters} iterations each, then val loss on 200 batches; "
+              f"{a.full_rounds} round(s), alternating\n")
+        print("| round | genforge ms/iter | genforge val loss | nanoGPT ms/iter | nanoGPT val loss | nanoGPT / genforge |")
+        print("|---|---|---|---|---|---|")
+        for r in range(a.full_rounds):
+            res = {}
+            for who in (["genforge", "nanogpt"] if r % 2 == 0 else ["nanogpt", "genforge"]):
+                if who == "genforge":
+                    res[who] = run_genforge(a.full_iters, env, work / "gf-full", eval_batches=200, compile=a.compile)
+                else:
+                    res[who] = run_nanogpt(nano, work, a.full_iters, a.full_iters, env, eval_iters=200, compile=a.compile)
+            (tg, vg), (tn, vn) = res["genforge"], res["nanogpt"]
+            mg, mn = statistics.median(tg), statistics.median(tn)
+            print(f"| {r + 1} ({'genforge' if r % 2 == 0 else 'nanoGPT'} first) | {mg:.1f} | {vg:.4f} | "
+                  f"{mn:.1f} | {vn:.4f} | {mn / mg:.2f}x |", flush=True)
+        print(f"\n{load()} at end")
 
 
 def part_cnn(a) -> None:
@@ -218,6 +231,7 @@ def main() -> None:
                          "core slow a step down many times")
     ap.add_argument("--full", action="store_true", help="also one --full-iters run each with val loss")
     ap.add_argument("--full-iters", type=int, default=2000)
+    ap.add_argument("--full-rounds", type=int, default=2, help="--full: rounds, the order alternating")
     ap.add_argument("--cnn-steps", type=int, default=60)
     ap.add_argument("--compile", action="store_true",
                     help="gpt: both programs under torch.compile (genforge compile=true, nanoGPT --compile=True)")
