@@ -115,6 +115,17 @@ def part_gpt(a) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     work = Path(tempfile.mkdtemp(prefix="nanogpt-work-"))
     prepare_nanogpt_data(work)
+
+    def pair(r: int, iters: int, decay_iters: int, eval_batches: int) -> dict:
+        """One round: both programs, genforge first in even rounds -> {who: (times, val loss)}."""
+        res = {}
+        for who in (["genforge", "nanogpt"] if r % 2 == 0 else ["nanogpt", "genforge"]):
+            if who == "genforge":
+                res[who] = run_genforge(iters, env, work / f"gf-{iters}", eval_batches, compile=a.compile)
+            else:
+                res[who] = run_nanogpt(nano, work, iters, decay_iters, env, eval_batches, compile=a.compile)
+        return res
+
     print(f"\n### gpt: ms/iter, {a.iters} iterations per program per round (median after "
           f"{a.skip}), alternating{', both torch.compile-d' if a.compile else ''}\n")
     print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware()}; {a.threads} thread(s); {load()} at start\n")
@@ -122,14 +133,7 @@ def part_gpt(a) -> None:
     print("|---|---|---|---|")
     ratios = []
     for r in range(a.rounds):
-        order = ["genforge", "nanogpt"] if r % 2 == 0 else ["nanogpt", "genforge"]
-        res = {}
-        for who in order:
-            if who == "genforge":
-                t, _ = run_genforge(a.iters, env, work / "gf", eval_batches=1, compile=a.compile)
-            else:
-                t, _ = run_nanogpt(nano, work, a.iters, 2000, env, compile=a.compile)
-            res[who] = statistics.median(t[a.skip:])
+        res = {who: statistics.median(t[a.skip:]) for who, (t, _) in pair(r, a.iters, 2000, 1).items()}
         ratios.append(res["nanogpt"] / res["genforge"])
         print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {ratios[-1]:.2f}x |", flush=True)
     if ratios:
@@ -141,12 +145,7 @@ def part_gpt(a) -> None:
         print("| round | genforge ms/iter | genforge val loss | nanoGPT ms/iter | nanoGPT val loss | nanoGPT / genforge |")
         print("|---|---|---|---|---|---|")
         for r in range(a.full_rounds):
-            res = {}
-            for who in (["genforge", "nanogpt"] if r % 2 == 0 else ["nanogpt", "genforge"]):
-                if who == "genforge":
-                    res[who] = run_genforge(a.full_iters, env, work / "gf-full", eval_batches=200, compile=a.compile)
-                else:
-                    res[who] = run_nanogpt(nano, work, a.full_iters, a.full_iters, env, eval_iters=200, compile=a.compile)
+            res = pair(r, a.full_iters, a.full_iters, 200)
             (tg, vg), (tn, vn) = res["genforge"], res["nanogpt"]
             mg, mn = statistics.median(tg), statistics.median(tn)
             print(f"| {r + 1} ({'genforge' if r % 2 == 0 else 'nanoGPT'} first) | {mg:.1f} | {vg:.4f} | "
@@ -229,7 +228,8 @@ def main() -> None:
                     help="intra-op threads of both programs (OMP_NUM_THREADS); on a machine "
                          "shared with other jobs use 1: spinning OpenMP threads that lose their "
                          "core slow a step down many times")
-    ap.add_argument("--full", action="store_true", help="also one --full-iters run each with val loss")
+    ap.add_argument("--full", action="store_true",
+                    help="also --full-rounds pairs of --full-iters runs, each with its val loss")
     ap.add_argument("--full-iters", type=int, default=2000)
     ap.add_argument("--full-rounds", type=int, default=2, help="--full: rounds, the order alternating")
     ap.add_argument("--cnn-steps", type=int, default=60)

@@ -161,5 +161,5 @@ def test_prior_k_zero_conditions_on_the_prompts_own_vector(runs):
         assert torch.equal(model.condition(tokens, 0, 0.05), own)
         prior = model.condition(tokens, cfg.prior_k, cfg.prior_temperature)
     assert not torch.allclose(prior, own)
-    # every conditioning vector the prior gives lies in the span of the bank's nearest rows
+    # unit vectors, as the tower's own are (the U-Net was trained on unit vectors)
     assert torch.allclose(prior.norm(dim=-1), torch.ones(2), atol=1e-5)

@@ -440,7 +440,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     verify_file(path)
     load_weights(model, path, run_dir)
     model = model.to(device).eval()
-    if getattr(cfg, "channels_last", False):  # the layout it trained in: the same outputs, and faster
+    if cfg.channels_last:  # the layout it trained in: the same outputs, and faster
         model = model.to(memory_format=torch.channels_last)
     if quantize:
         from genforge.pretrained.quantize import quantize_model
