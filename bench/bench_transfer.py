@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -31,9 +32,10 @@ QUIET = dict(log=lambda s: None)
 def _train(name: str, overrides: dict, out: Path):
     rname, recipe, preset = resolve(name)
     cfg = make_config(recipe, {**preset, "plots": False, **overrides})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _, model = fit_model(rname, cfg, out, **QUIET)
     minutes = (time.perf_counter() - t0) / 60
+    _train.cpu_minutes = (time.process_time() - c0) / 60  # all of this process's threads
     return recipe, cfg, model, minutes
 
 
@@ -42,19 +44,36 @@ def _test_acc(recipe, cfg, model, split="test") -> float:
     return float(recipe.evaluate(model.eval(), cfg, split)["accuracy"])
 
 
-def part_a(tmp: Path, folds: int) -> None:
-    print("\n### (a) minilm-rt-polarity, full fine-tuning\n")
-    print("| split | test/fold accuracy | minutes |\n|---|---|---|")
-    r, cfg, m, mins = _train("minilm-rt-polarity", {}, tmp / "a")
-    print(f"| seeded 80/10/10 (test) | {100 * _test_acc(r, cfg, m):.1f}% | {mins:.1f} |", flush=True)
+def part_a(tmp: Path, folds: list[int], seeded: bool = True, overrides: dict | None = None) -> None:
+    over = overrides or {}
+    print(f"\n### (a) minilm-rt-polarity, full fine-tuning{' ' + str(over) if over else ''}; "
+          f"{torch.get_num_threads()} thread(s), {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"load average {os.getloadavg()[0]:.2f}\n")
+    print("| split | test/fold accuracy | wall minutes | CPU minutes |\n|---|---|---|---|")
+    if seeded:
+        r, cfg, m, mins = _train("minilm-rt-polarity", over, tmp / "a")
+        print(f"| seeded 80/10/10 (test) | {100 * _test_acc(r, cfg, m):.1f}% | {mins:.1f} | "
+              f"{_train.cpu_minutes:.1f} |", flush=True)
     accs = []
-    for fold in range(folds):
-        r, cfg, m, mins = _train("minilm-rt-polarity", {"fold": fold}, tmp / f"a{fold}")
+    for fold in folds:
+        r, cfg, m, mins = _train("minilm-rt-polarity", {**over, "fold": fold}, tmp / f"a{fold}")
         accs.append(_test_acc(r, cfg, m, "val"))
-        print(f"| fold {fold} of 10 | {100 * accs[-1]:.1f}% | {mins:.1f} |", flush=True)
+        print(f"| fold {fold} of 10 | {100 * accs[-1]:.2f}% | {mins:.1f} | {_train.cpu_minutes:.1f} |",
+              flush=True)
     if accs:
-        print(f"\n{len(accs)} of 10 folds ran; their mean {100 * statistics.mean(accs):.1f}% "
-              f"(not a 10-fold mean unless 10 ran)")
+        print(f"\n{len(accs)} of 10 folds ran; their mean {100 * statistics.mean(accs):.2f}% "
+              f"(not a 10-fold mean unless 10 ran); load average {os.getloadavg()[0]:.2f} at end")
+
+
+def _sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def part_b(tmp: Path, epochs: float) -> None:
@@ -85,9 +104,10 @@ def part_c(n: int, rounds: int) -> None:
     vecs = {name: fn() for name, fn in programs.items()}  # warm-up, and the vectors compared
     cos = torch.nn.functional.cosine_similarity
     fidelity = {name: cos(vecs[name], vecs["st"]) for name in ("genforge", "genforge int8")}
-    kernel = next(m.kernel for m in qmodel.modules() if hasattr(m, "kernel"))
+    q = next(m for m in qmodel.modules() if hasattr(m, "kernel"))
     print(f"\n### (c) MiniLM embedding throughput, {n} rt-polarity sentences, batch 64, "
-          f"{torch.get_num_threads()} threads; int8 kernel: {kernel}\n")
+          f"{torch.get_num_threads()} threads; int8 kernel: {q.kernel}, token range {q.token_range}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.2f}\n")
     print("| round | genforge fp32 sent/s | genforge int8 sent/s | sentence-transformers sent/s "
           "| fp32 ratio | int8 ratio |\n|---|---|---|---|---|---|")
     ratios = {"genforge": [], "genforge int8": []}
@@ -103,7 +123,8 @@ def part_c(n: int, rounds: int) -> None:
         print(f"| {i + 1} | {rates['genforge']:.0f} | {rates['genforge int8']:.0f} | {rates['st']:.0f} "
               f"| {ratios['genforge'][-1]:.2f}x | {ratios['genforge int8'][-1]:.2f}x |", flush=True)
     print(f"\nmedian ratio: fp32 {statistics.median(ratios['genforge']):.2f}x, "
-          f"int8 {statistics.median(ratios['genforge int8']):.2f}x (target >= 1.5x)")
+          f"int8 {statistics.median(ratios['genforge int8']):.2f}x (target >= 1.5x); "
+          f"load average {os.getloadavg()[0]:.2f} at end")
     for name, c in fidelity.items():
         print(f"cosine similarity of {name}'s vectors to sentence-transformers': mean {c.mean():.5f}, "
               f"min {c.min():.5f}")
@@ -146,7 +167,13 @@ def part_e(tmp: Path, seeds: int, epochs: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="c,d,e,b")
-    ap.add_argument("--folds", type=int, default=0, help="(a): CV folds to run after the seeded split")
+    ap.add_argument("--folds", type=int, default=0, help="(a): CV folds to run after the seeded split "
+                    "(10 = folds 0-9)")
+    ap.add_argument("--fold-ids", default="", help="(a): these folds instead (0,2,4: split the ten "
+                    "over processes)")
+    ap.add_argument("--no-seeded", action="store_true", help="(a): only the CV folds")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="(a): preset settings to change (numbers parsed), printed in the heading")
     ap.add_argument("--probe-epochs", type=float, default=3)
     ap.add_argument("--sentences", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=4)
@@ -155,10 +182,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--text-epochs", type=float, default=3)
     args = ap.parse_args()
+    folds = [int(f) for f in args.fold_ids.split(",")] if args.fold_ids else list(range(args.folds))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for part in args.parts.split(","):
-            {"a": lambda: part_a(tmp, args.folds), "b": lambda: part_b(tmp, args.probe_epochs),
+            {"a": lambda: part_a(tmp, folds, not args.no_seeded, _sets(args.set)),
+             "b": lambda: part_b(tmp, args.probe_epochs),
              "c": lambda: part_c(args.sentences, args.rounds),
              "d": lambda: part_d(tmp, args.seeds, args.pre_steps, args.steps),
              "e": lambda: part_e(tmp, args.seeds, args.text_epochs)}[part.strip()]()

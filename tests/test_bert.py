@@ -91,6 +91,11 @@ def test_sentence_embeddings_equal_sentence_transformers(minilm_run, capsys, n):
     cos = torch.nn.functional.cosine_similarity(got["vectors"], ref)
     assert cos.min() >= 0.9999, (cos.argmin(), cos.min())
     assert torch.allclose(got["vectors"].norm(dim=-1), torch.ones(len(texts)), atol=1e-5)  # Normalize module
+    # in batches of 5 (sorted by token count, padded per batch): the same vectors, in the
+    # caller's order
+    small = recipe.embed(model, cfg, texts, batch_size=5)
+    torch.testing.assert_close(small["vectors"], got["vectors"], atol=2e-5, rtol=0)
+    assert small["tokens"] == got["tokens"]
     # "word " * 400 exceeds the 256-token maximum (the 300 x's are one [UNK]): truncated, said once
     assert got["truncated"] == 1
     assert capsys.readouterr().err.count("truncated") == 1

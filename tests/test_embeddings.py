@@ -96,6 +96,8 @@ def test_minilm_semantic_search_finds_related_sentences(tmp_path):
     assert docs[int((vecs @ query).argmax())] == "the film is a hilarious comedy"
     # --quantize int8 (calibrated int8 kernel on x86): nearly the same vectors, same answer
     _, _, qmodel = load_run(tmp_path / "minilm", quantize="int8")
+    # the recipe's QUANT_TOKEN_RANGE reaches every int8 layer (the LLMs keep the default)
+    assert {m.token_range for m in qmodel.modules() if hasattr(m, "token_range")} == {"sym"}
     qvecs = recipe.embed(qmodel, cfg, docs)["vectors"]
     qquery = recipe.embed(qmodel, cfg, ["a very funny movie"])["vectors"][0]
     assert float((qvecs * vecs).sum(1).min()) > 0.98  # cosine similarity (unit vectors)

@@ -65,6 +65,11 @@ def test_generation_runs_and_cache_matches_full_forward():
     torch.testing.assert_close(logits[0], full, rtol=1e-4, atol=1e-4)
 
 
+def test_unknown_token_range_is_named():
+    with pytest.raises(QuantizeError, match="token_range 'per-tensor'.*asym, sym"):
+        quantize_model(tiny_llama(), "int8", token_range="per-tensor")
+
+
 def test_head_can_stay_float_and_bad_settings_are_named():
     model = tiny_llama()
     summary = quantize_model(model, head=False)
@@ -105,15 +110,21 @@ def test_smoothquant_moves_outliers_into_the_weights():
 
 
 @needs_fbgemm
-def test_each_token_gets_its_own_activation_scale():
+@pytest.mark.parametrize("token_range", ["asym", "sym"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_each_token_gets_its_own_activation_scale(token_range, bias):
     """A token's output does not depend on the other tokens of the batch: a small row next to
-    a row 1000x larger is as accurate as alone (one scale per tensor would flatten it)."""
+    a row 1000x larger is as accurate as alone (one scale per tensor would flatten it), with
+    either range per token (shifted: c + r x'; symmetric: r x'); the input is not changed."""
     torch.manual_seed(0)
-    lin = torch.nn.Linear(64, 32, bias=False)
-    q = Int8Linear(lin.weight, None, "fbgemm")
+    lin = torch.nn.Linear(64, 32, bias=bias)
+    q = Int8Linear(lin.weight, lin.bias, "fbgemm", token_range=token_range)
     small = torch.randn(1, 64)
     alone = q(small)
-    beside = q(torch.cat([small, 1000 * torch.randn(1, 64)]))[:1]
+    both = torch.cat([small, 1000 * torch.randn(1, 64)])
+    kept = both.clone()
+    beside = q(both)[:1]
+    assert torch.equal(both, kept)
     ref = lin(small).detach()
     assert ((alone - ref).norm() / ref.norm()).item() < 0.02
     assert ((beside - ref).norm() / ref.norm()).item() < 0.02

@@ -90,6 +90,9 @@ HOOKS: dict[str, Hook] = {
                                  "a function model -> forwards over representative input, for "
                                  "the int8 kernel's activation statistics (SmoothQuant)",
                                  ("cfg", "run_dir")),
+    "QUANT_TOKEN_RANGE": Hook("str", OPTIONAL, "checkpoint.load_run (--quantize)",
+                              "asym (default) or sym: how the int8 kernel scales each token's "
+                              "activations (genforge/pretrained/quantize.py)"),
     "data_summary": Hook("function", OPTIONAL, "trainer.fit (before training)",
                          "lines saying what was read: rows/files, split sizes, classes with "
                          "counts, skipped files", ("cfg",)),

@@ -447,7 +447,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
 
         calibration = getattr(recipe, "quantize_calibration", None)
         quantize_model(model, quantize,
-                       calibration=calibration(cfg, run_dir) if calibration else None)
+                       calibration=calibration(cfg, run_dir) if calibration else None,
+                       token_range=getattr(recipe, "QUANT_TOKEN_RANGE", "asym"))
     return recipe, cfg, model
 
 
