@@ -116,8 +116,7 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str,
                  smooth: torch.Tensor | None = None, token_range: str = "asym"):
         super().__init__()
-        if token_range not in TOKEN_RANGES:
-            raise QuantizeError(f"unknown token_range {token_range!r}; choose one of {', '.join(TOKEN_RANGES)}")
+        check_token_range(token_range)
         self.out_features, self.in_features = weight.shape
         self.kernel = kernel
         self.token_range = token_range  # fbgemm with several rows: see the module docstring
@@ -222,6 +221,11 @@ def smoothing_factors(weight: torch.Tensor, amax: torch.Tensor, alpha: float = S
     return torch.where(amax > 0, s, torch.ones_like(s)).clamp(min=1e-5)
 
 
+def check_token_range(token_range: str) -> None:
+    if token_range not in TOKEN_RANGES:
+        raise QuantizeError(f"unknown token_range {token_range!r}; choose one of {', '.join(TOKEN_RANGES)}")
+
+
 def check_mode(mode: str) -> None:
     """One error for a quantization genforge does not have (checked before any loading)."""
     if mode not in MODES:
@@ -249,8 +253,7 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
     (`auto` picks fbgemm only with it). LoRA layers (adapters not merged) are skipped: merge
     the run first (`genforge merge`)."""
     check_mode(mode)
-    if token_range not in TOKEN_RANGES:
-        raise QuantizeError(f"unknown token_range {token_range!r}; choose one of {', '.join(TOKEN_RANGES)}")
+    check_token_range(token_range)
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if p is None:
         raise QuantizeError("the model has no floating-point weights to quantize")
@@ -283,5 +286,5 @@ def quantize_model(model: nn.Module, mode: str = "int8", kernel: str = "auto",
             "bytes_before": before, "bytes_after": after}
 
 
-__all__ = ["Int8Linear", "KERNELS", "MODES", "QuantizeError", "SMOOTH_ALPHA", "TOKEN_RANGES", "calibrate", "check_mode", "quantize_model",
+__all__ = ["Int8Linear", "KERNELS", "MODES", "QuantizeError", "SMOOTH_ALPHA", "TOKEN_RANGES", "calibrate", "check_mode", "check_token_range", "quantize_model",
            "quantize_weight", "smoothing_factors"]
