@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from genforge.config import make_config
+from genforge.config import make_config, parse_sets
 from genforge.recipes import get_recipe, resolve
 from genforge.train.trainer import fit_model
 
@@ -34,9 +34,8 @@ def _train(name: str, overrides: dict, out: Path):
     cfg = make_config(recipe, {**preset, "plots": False, **overrides})
     t0, c0 = time.perf_counter(), time.process_time()
     _, model = fit_model(rname, cfg, out, **QUIET)
-    minutes = (time.perf_counter() - t0) / 60
-    _train.cpu_minutes = (time.process_time() - c0) / 60  # all of this process's threads
-    return recipe, cfg, model, minutes
+    # wall minutes, and CPU minutes (all of this process's threads)
+    return recipe, cfg, model, (time.perf_counter() - t0) / 60, (time.process_time() - c0) / 60
 
 
 def _test_acc(recipe, cfg, model, split="test") -> float:
@@ -51,34 +50,23 @@ def part_a(tmp: Path, folds: list[int], seeded: bool = True, overrides: dict | N
           f"load average {os.getloadavg()[0]:.2f}\n")
     print("| split | test/fold accuracy | wall minutes | CPU minutes |\n|---|---|---|---|")
     if seeded:
-        r, cfg, m, mins = _train("minilm-rt-polarity", over, tmp / "a")
+        r, cfg, m, mins, cpu = _train("minilm-rt-polarity", over, tmp / "a")
         print(f"| seeded 80/10/10 (test) | {100 * _test_acc(r, cfg, m):.1f}% | {mins:.1f} | "
-              f"{_train.cpu_minutes:.1f} |", flush=True)
+              f"{cpu:.1f} |", flush=True)
     accs = []
     for fold in folds:
-        r, cfg, m, mins = _train("minilm-rt-polarity", {**over, "fold": fold}, tmp / f"a{fold}")
+        r, cfg, m, mins, cpu = _train("minilm-rt-polarity", {**over, "fold": fold}, tmp / f"a{fold}")
         accs.append(_test_acc(r, cfg, m, "val"))
-        print(f"| fold {fold} of 10 | {100 * accs[-1]:.2f}% | {mins:.1f} | {_train.cpu_minutes:.1f} |",
+        print(f"| fold {fold} of 10 | {100 * accs[-1]:.2f}% | {mins:.1f} | {cpu:.1f} |",
               flush=True)
     if accs:
         print(f"\n{len(accs)} of 10 folds ran; their mean {100 * statistics.mean(accs):.2f}% "
               f"(not a 10-fold mean unless 10 ran); load average {os.getloadavg()[0]:.2f} at end")
 
 
-def _sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = float(value) if any(c in value for c in ".e") else int(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 def part_b(tmp: Path, epochs: float) -> None:
     print("\n### (b) linear probe on frozen MiniLM (minilm-probe-rt-polarity)\n")
-    r, cfg, m, mins = _train("minilm-probe-rt-polarity", {"epochs": epochs}, tmp / "b")
+    r, cfg, m, mins, _ = _train("minilm-probe-rt-polarity", {"epochs": epochs}, tmp / "b")
     print(f"| epochs | test accuracy | minutes |\n|---|---|---|\n| {epochs:g} | "
           f"{100 * _test_acc(r, cfg, m):.1f}% | {mins:.1f} |", flush=True)
 
@@ -133,7 +121,7 @@ def part_c(n: int, rounds: int) -> None:
 def part_d(tmp: Path, seeds: int, pre_steps: int, steps: int) -> None:
     base = {"model": "cnn", "batch_size": 32, "lr": 2e-3, "model.channels": (16, 32),
             "model.dense": 64, "eval_batches": 0, "schedule": "constant"}
-    _, _, _, mins = _train("image-classify", {**base, "data": "fashion-mnist", "max_steps": pre_steps},
+    _, _, _, mins, _ = _train("image-classify", {**base, "data": "fashion-mnist", "max_steps": pre_steps},
                            tmp / "fmnist")
     print(f"\n### (d) transfer curve: Fashion-MNIST CNN ({pre_steps} steps, {mins:.1f} min) -> MNIST, "
           f"{steps} steps each\n")
@@ -142,7 +130,7 @@ def part_d(tmp: Path, seeds: int, pre_steps: int, steps: int) -> None:
         for seed in range(seeds):
             accs = []
             for init in ("", str(tmp / "fmnist")):
-                r, cfg, m, _ = _train("image-classify", {**base, "data": "mnist", "train_limit": n,
+                r, cfg, m, *_ = _train("image-classify", {**base, "data": "mnist", "train_limit": n,
                                                          "max_steps": steps, "seed": seed,
                                                          "init_from": init}, tmp / f"d{n}-{seed}-{bool(init)}")
                 accs.append(_test_acc(r, cfg, m))
@@ -150,7 +138,7 @@ def part_d(tmp: Path, seeds: int, pre_steps: int, steps: int) -> None:
 
 
 def part_e(tmp: Path, seeds: int, epochs: float) -> None:
-    rw, wcfg, _, wmins = _train("word-embeddings", {"epochs": 2}, tmp / "w2v")
+    rw, wcfg, _, wmins, _ = _train("word-embeddings", {"epochs": 2}, tmp / "w2v")
     print(f"\n### (e) rt-polarity CNN, word2vec-initialised (non-static) vs random embeddings, "
           f"{epochs:g} epochs (word2vec: {wmins:.1f} min)\n")
     print("| seed | random init | word2vec init |\n|---|---|---|")
@@ -158,7 +146,7 @@ def part_e(tmp: Path, seeds: int, epochs: float) -> None:
     for seed in range(seeds):
         accs = []
         for init in ("", str(tmp / "w2v")):
-            r, cfg, m, _ = _train("cnn-rt-polarity", {**common, "seed": seed, "init_embeddings": init},
+            r, cfg, m, *_ = _train("cnn-rt-polarity", {**common, "seed": seed, "init_embeddings": init},
                                   tmp / f"e{seed}-{bool(init)}")
             accs.append(_test_acc(r, cfg, m))
         print(f"| {seed} | {100 * accs[0]:.1f}% | {100 * accs[1]:.1f}% |", flush=True)
@@ -173,7 +161,7 @@ def main() -> None:
                     "over processes)")
     ap.add_argument("--no-seeded", action="store_true", help="(a): only the CV folds")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="(a): preset settings to change (numbers parsed), printed in the heading")
+                    help="(a): preset settings to change, printed in the heading")
     ap.add_argument("--probe-epochs", type=float, default=3)
     ap.add_argument("--sentences", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=4)
@@ -182,11 +170,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--text-epochs", type=float, default=3)
     args = ap.parse_args()
-    folds = [int(f) for f in args.fold_ids.split(",")] if args.fold_ids else list(range(args.folds))
+    try:
+        folds = [int(f) for f in args.fold_ids.split(",")] if args.fold_ids else list(range(args.folds))
+    except ValueError:
+        ap.error(f"--fold-ids expects fold numbers 0-9 separated by commas (0,2,4), got {args.fold_ids!r}")
+    try:
+        sets = parse_sets(args.set)  # strings: the config parses each as its key's type
+    except ValueError as e:
+        ap.error(str(e))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for part in args.parts.split(","):
-            {"a": lambda: part_a(tmp, folds, not args.no_seeded, _sets(args.set)),
+            {"a": lambda: part_a(tmp, folds, not args.no_seeded, sets),
              "b": lambda: part_b(tmp, args.probe_epochs),
              "c": lambda: part_c(args.sentences, args.rounds),
              "d": lambda: part_d(tmp, args.seeds, args.pre_steps, args.steps),

@@ -164,9 +164,8 @@ def _limit(cfg: Config) -> int:
 # the contract
 
 
-# `--quantize int8`: each token's activations scaled by their largest magnitude: two
-# elementwise passes fewer per layer than the LLMs' shifted ranges; for all-MiniLM-L6-v2 at
-# batch 64, 1.2x faster embedding at cosine 0.9987 to the fp32 vectors (0.9993 shifted)
+# `--quantize int8`: each token scaled by its largest magnitude (faster here than the LLMs'
+# shifted ranges; the trade-off and its figures: genforge/pretrained/quantize.py)
 QUANT_TOKEN_RANGE = "sym"
 
 
