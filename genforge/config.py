@@ -78,6 +78,10 @@ class TrainConfig:
     step_size: Annotated[int, AT_LEAST_1] = 1000  # `step` schedule: multiply lr by `gamma` every step_size updates
     gamma: Annotated[float, POSITIVE] = 0.1  # `step` schedule: the lr multiplier
     weight_decay: Annotated[float, AT_LEAST_0] = 0.0  # decoupled (AdamW-style) L2
+    # layer-wise lr decay (fine-tuning a pretrained stack, Howard & Ruder 2018; ELECTRA): the
+    # numbered layers (`blocks.N`) train at lr * decay^(depth below the top), the parameters
+    # before them (embeddings) one step lower still, those after them (head) at lr; 1 = off
+    layer_lr_decay: Annotated[float, "(0, 1]"] = 1.0
     l1: Annotated[float, AT_LEAST_0] = 0.0  # explicit penalty l1 * sum|w| added to the loss
     l2: Annotated[float, AT_LEAST_0] = 0.0  # explicit penalty l2 * sum w^2 added to the loss (J + lambda * sum w^2)
     grad_clip: Annotated[float, AT_LEAST_0] = 0.0  # max global grad norm; 0 = off

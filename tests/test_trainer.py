@@ -451,3 +451,76 @@ def test_channels_last_trains_the_same_model_in_nhwc_layout(tmp_path):
         runs[on] = load_file(tmp_path / str(on) / "model.safetensors")
     for k in runs[True]:
         assert torch.allclose(runs[True][k], runs[False][k], atol=1e-4), k
+
+
+def test_group_by_length_keeps_every_row_once_and_batches_similar_lengths():
+    """Each epoch of grouped batches visits the same rows as the plain shuffle (whole batches
+    only), once each; a batch's rows come from one length-sorted window; the batches are a
+    function of (seed, step), so a stream started at step s continues the full stream."""
+    from genforge.data.batching import ShuffledBatches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 60, (203,), generator=g)
+    rows = torch.arange(203)
+    plain = ShuffledBatches((rows,), 10, seed=3)
+    grouped = ShuffledBatches((rows,), 10, seed=3, lengths=lengths, window=4)
+    for epoch in range(2):
+        a = torch.cat([next(plain)[0] for _ in range(plain.steps_per_epoch)])
+        b = [next(grouped)[0] for _ in range(grouped.steps_per_epoch)]
+        assert sorted(a.tolist()) == sorted(torch.cat(b).tolist())  # same 200 rows, once each
+        # padding a batch to its longest row: grouping wastes far less of it
+        waste = lambda bs: sum(int(lengths[x].max() * len(x) - lengths[x].sum()) for x in bs)
+        assert waste(b) < 0.5 * waste(list(a.split(10)))
+    later = ShuffledBatches((rows,), 10, seed=3, start_step=27, lengths=lengths, window=4)
+    again = ShuffledBatches((rows,), 10, seed=3, lengths=lengths, window=4)
+    for _ in range(27):
+        next(again)
+    for _ in range(30):
+        assert torch.equal(next(later)[0], next(again)[0])
+    with pytest.raises(ValueError, match="lengths has 5 entries for 203 rows"):
+        ShuffledBatches((rows,), 10, seed=3, lengths=lengths[:5], window=4)
+
+
+def test_grouped_text_batches_resume_exactly(tmp_path):
+    """text-classify with group_by_length: the resumed run equals the one-go run."""
+    cfg = lambda: make_config(get_recipe("text-classify"), {
+        "model": "cnn", "data": "rt-polarity", "train_limit": 200, "batch_size": 8, "max_len": 30,
+        "model.emb_dim": 8, "model.n_filters": 4, "max_steps": 6, "eval_every": 3,
+        "eval_batches": 1, "group_by_length": 4, "plots": False})
+    fit("text-classify", cfg(), tmp_path / "full", **QUIET)
+    fit("text-classify", cfg(), tmp_path / "split", stop_at=3, **QUIET)
+    fit("text-classify", cfg(), tmp_path / "split", resume=True, **QUIET)
+    a, b = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "split"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_layer_lr_decay_gives_each_depth_its_rate():
+    """layer_lr_decay d: the head trains at lr, numbered layer N of L at lr * d^(L - N), the
+    embeddings below at lr * d^(L + 1); biases and norms still skip weight decay; the
+    schedule scales every group; a model with no numbered layers is refused by name."""
+    from genforge.config import ConfigError
+    from genforge.train.optim import make_optimizer, make_scheduler
+
+    lm = get_recipe("language-model")
+    cfg = make_config(lm, {"model": "gpt", "model.n_layer": 3, "model.n_head": 2,
+                           "model.n_embd": 8, "model.block_size": 8, "lr": 1e-2,
+                           "weight_decay": 0.1, "layer_lr_decay": 0.5, "warmup_steps": 2})
+    cfg.model_cfg.vocab_size = 11
+    model = lm.MODELS["gpt"][1](cfg.model_cfg)
+    opt = make_optimizer(model, cfg)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2)  # the top first: what the log shows
+    for name, p in model.named_parameters():
+        lr, wd = lr_of[id(p)]
+        m = re.search(r"blocks\.(\d+)\.", name)
+        depth = int(m.group(1)) + 1 if m else (0 if "emb" in name else 4)
+        assert lr == pytest.approx(1e-2 * 0.5 ** (4 - depth)), name
+        assert wd == (0.1 if p.dim() >= 2 else 0.0), name
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    sched = make_scheduler(opt, cfg, 10)
+    opt.step(); sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(
+        [g["initial_lr"] * lr_factor(1, cfg, 10) for g in opt.param_groups])
+    with pytest.raises(ConfigError, match="numbered layers.*layer_lr_decay=1"):
+        make_optimizer(IC.build(_cfg(layer_lr_decay=0.5)), _cfg(layer_lr_decay=0.5))

@@ -2,30 +2,63 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from genforge.config import ConfigError
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+
+_LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|layer|h)\.(\d+)\.")  # blocks.3.attn... -> 3
+
+
+def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Each parameter's depth for layer-wise lr decay, and the top depth: a parameter of
+    numbered layer N (`blocks.N.`, `layers.N.`, `h.N.`) is at N + 1, those registered before
+    the first numbered layer (embeddings) at 0, those after it (final norm, head) at the top,
+    n_layers + 1. A model with no numbered layers is an error (nothing to decay by depth)."""
+    names = [n for n, _ in model.named_parameters()]
+    layers = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    if not layers:
+        raise ConfigError(f"layer_lr_decay needs numbered layers (blocks.N, layers.N) and "
+                          f"{type(model).__name__} has none; leave layer_lr_decay=1")
+    top = max(layers.values()) + 2
+    first = names.index(next(iter(layers)))
+    return {n: layers[n] + 1 if n in layers else (0 if i < first else top)
+            for i, n in enumerate(names)}, top
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 layer_lr_decay: float = 1.0) -> list[dict]:
     """Decay matrices and conv kernels; never biases, norm scales or embeddings' 1-d params
-    (the usual AdamW practice, e.g. nanoGPT `configure_optimizers`)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    (the usual AdamW practice, e.g. nanoGPT `configure_optimizers`). With `layer_lr_decay`
+    < 1, one such pair of groups per depth (`layer_depths`), each with its own lr, the top
+    (full lr) first."""
+    if layer_lr_decay == 1.0:
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+    depths, top = layer_depths(model)
+    groups = []
+    for depth in range(top, -1, -1):
+        params = [p for n, p in model.named_parameters() if p.requires_grad and depths[n] == depth]
+        scale = layer_lr_decay ** (top - depth)
+        for wd, ps in ((weight_decay, [p for p in params if p.dim() >= 2]),
+                       (0.0, [p for p in params if p.dim() < 2])):
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd, "lr": lr * scale})
     return groups
 
 
 def make_optimizer(model: nn.Module, cfg, fused: bool = True) -> torch.optim.Optimizer:
     """fused=False: the multi-tensor (foreach) kernels, for parameters the fused kernels do
     not take (FSDP's DTensor shards)."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_lr_decay)
     fused = fused or None  # None: torch's own choice
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
