@@ -98,9 +98,9 @@ PRESETS = {
                                 "2-layer Transformer encoder with padding masks on rt-polarity"),
     "minilm-rt-polarity": ({"model": "bert", "init_from": "minilm", "max_len": 64, "epochs": 2,
                             "batch_size": 32, "lr": 4e-5, "warmup_ratio": 0.1, "weight_decay": 0.01,
-                            "eval_every": 100, "eval_batches": 0},
+                            "group_by_length": 16, "eval_every": 100, "eval_batches": 0},
                            "all-MiniLM-L6-v2 fine-tuned end to end on rt-polarity (Devlin et al. "
-                           "2019's recipe: small lr, warmup, 2 epochs)"),
+                           "2019's recipe: small lr, warmup, 2 epochs; length-grouped batches)"),
     "minilm-probe-rt-polarity": ({"model": "bert", "init_from": "minilm", "freeze": "bert",
                                   "model.dropout": 0.0, "max_len": 64, "epochs": 3,
                                   "batch_size": 64, "lr": 3e-3, "schedule": "constant",
