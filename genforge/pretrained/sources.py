@@ -64,3 +64,26 @@ def resolve(source: str, log=print) -> Path:
                           "`genforge import SOURCE --out RUN`")
     raise ConfigError(f"init_from={source}: no such run directory; pass a run made by "
                       f"`genforge train` or `genforge import`, or one of: {', '.join(NAMED)}")
+
+
+def bert_source(init_from: str, model_cfg, keep: tuple[str, ...] = ("dropout",)):
+    """init_from's run when it holds a BERT encoder (a text-embed run, imported or trained,
+    or a model=bert text-classify run): its architecture is copied onto `model_cfg` (every
+    BertConfig field but `keep`), and (run directory, its config) returned. None for any other
+    run: init_from then reports which tensors it could not match. A BERT run without its
+    tokenizer.json is an error (the new run could not encode as the encoder was trained)."""
+    from genforge.config import from_dict
+    from genforge.models.bert import BertConfig
+    from genforge.recipes import get_recipe
+
+    src = resolve(init_from)
+    d = json.loads((src / "config.json").read_text())
+    if d.get("model") != "bert" or d.get("recipe") not in ("text-embed", "text-classify"):
+        return None
+    theirs = from_dict(get_recipe(d["recipe"]), d)
+    for f in BertConfig.__dataclass_fields__:
+        if f not in keep:
+            setattr(model_cfg, f, getattr(theirs.model_cfg, f))
+    if not (src / "tokenizer.json").is_file():
+        raise ConfigError(f"init_from={init_from}: {src} has no tokenizer.json to encode with")
+    return src, theirs

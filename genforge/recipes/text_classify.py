@@ -239,25 +239,13 @@ def _source_run(cfg: Config) -> Path | None:
 def _adopt_source(cfg: Config) -> None:
     """A new model=bert classifier from a BERT run (text-embed, or another classifier)
     takes that encoder's architecture and tokenizer; dropout and the head stay ours."""
-    import json
-
-    src = _source_run(cfg)
-    if src is None:
+    if cfg.model != "bert" or not cfg.init_from:
         return
-    from genforge.config import from_dict
-    from genforge.models.bert import BertConfig
-    from genforge.recipes import get_recipe
+    from genforge.pretrained.sources import bert_source
 
-    d = json.loads((src / "config.json").read_text())
-    if d.get("model") != "bert" or d.get("recipe") not in ("text-embed", "text-classify"):
-        return  # init_from reports what it could not match
-    theirs = from_dict(get_recipe(d["recipe"]), d)
-    for f in BertConfig.__dataclass_fields__:
-        if f not in ("dropout", "normalize"):
-            setattr(cfg.model_cfg, f, getattr(theirs.model_cfg, f))
-    if not (src / "tokenizer.json").is_file():
-        raise ConfigError(f"init_from={cfg.init_from}: {src} has no tokenizer.json to encode with")
-    cfg.tokenizer = theirs.tokenizer
+    if (found := bert_source(cfg.init_from, cfg.model_cfg, keep=("dropout", "normalize"))) is None:
+        return
+    cfg.tokenizer = found[1].tokenizer
     cfg.vocab_size = 0
 
 

@@ -192,23 +192,13 @@ def _adopt_source(cfg: Config, run_dir) -> None:
     """A new run with init_from=RUN (an imported encoder, or a BERT classifier) continues
     that encoder: its architecture (dropout stays ours) and its tokenizer, copied into the
     new run so the run stands alone."""
-    import json
     import shutil
 
-    from genforge.config import from_dict
-    from genforge.pretrained.sources import resolve
-    from genforge.recipes import get_recipe
+    from genforge.pretrained.sources import bert_source
 
-    src = resolve(cfg.init_from)
-    d = json.loads((src / "config.json").read_text())
-    if d.get("model") != "bert" or d.get("recipe") not in ("text-embed", "text-classify"):
-        return  # init_from reports which tensors it could not match
-    theirs = from_dict(get_recipe(d["recipe"]), d)
-    for f in BertConfig.__dataclass_fields__:
-        if f != "dropout" and hasattr(theirs.model_cfg, f):
-            setattr(cfg.model_cfg, f, getattr(theirs.model_cfg, f))
-    if not (src / "tokenizer.json").is_file():
-        raise ConfigError(f"init_from={cfg.init_from}: {src} has no tokenizer.json to encode with")
+    if (found := bert_source(cfg.init_from, cfg.model_cfg)) is None:
+        return
+    src, theirs = found
     if theirs.tokenizer != "bpe":  # a WordPiece tokenizer (imported), not one built here
         cfg.tokenizer = "pretrained"
     if run_dir is not None:
