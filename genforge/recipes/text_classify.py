@@ -342,7 +342,8 @@ def batches(cfg: Config, split: str, start_step: int = 0, model=None):
                                                                   cfg.eval_batches))
     return ShuffledBatches((x, y), cfg.batch_size, cfg.seed, start_step,
                            transform=lambda b, gen: (_trim(b[0]), b[1]),
-                           lengths=(x != 0).sum(1), window=cfg.group_by_length)
+                           lengths=(x != 0).sum(1) if cfg.group_by_length else None,
+                           window=cfg.group_by_length)
 
 
 def loss(model, batch) -> dict:

@@ -30,29 +30,29 @@ def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
             for i, n in enumerate(names)}, top
 
 
+def _split_decay(params: list, weight_decay: float, **extra) -> list[dict]:
+    """[matrices and kernels with weight decay, the 1-d rest (if any) without], each group
+    also holding `extra` (its lr)."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra}]
+    if no_decay := [p for p in params if p.dim() < 2]:
+        groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
+    return groups
+
+
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
                  layer_lr_decay: float = 1.0) -> list[dict]:
     """Decay matrices and conv kernels; never biases, norm scales or embeddings' 1-d params
     (the usual AdamW practice, e.g. nanoGPT `configure_optimizers`). With `layer_lr_decay`
     < 1, one such pair of groups per depth (`layer_depths`), each with its own lr, the top
     (full lr) first."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if layer_lr_decay == 1.0:
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        return groups
+        return _split_decay([p for _, p in trained], weight_decay)
     depths, top = layer_depths(model)
-    groups = []
-    for depth in range(top, -1, -1):
-        params = [p for n, p in model.named_parameters() if p.requires_grad and depths[n] == depth]
-        scale = layer_lr_decay ** (top - depth)
-        for wd, ps in ((weight_decay, [p for p in params if p.dim() >= 2]),
-                       (0.0, [p for p in params if p.dim() < 2])):
-            if ps:
-                groups.append({"params": ps, "weight_decay": wd, "lr": lr * scale})
-    return groups
+    return [g for depth in range(top, -1, -1)
+            for g in _split_decay([p for n, p in trained if depths[n] == depth], weight_decay,
+                                  lr=lr * layer_lr_decay ** (top - depth))
+            if g["params"]]
 
 
 def make_optimizer(model: nn.Module, cfg, fused: bool = True) -> torch.optim.Optimizer:
