@@ -8,8 +8,9 @@ so they share the machine's noise.
         per-iteration times each program logs (after --skip warm-up iterations). `--full`
         adds one run of --full-iters (2000) iterations of each with its final val loss.
   cnn   the `cnn-fashion` preset through the trainer against a plain PyTorch loop over a
-        `DataLoader` (same model, batch size, optimizer, augmentation off on both sides,
-        same threads): images/s.
+        `DataLoader` of the textbook network (conv-BN-ReLU-pool, nn.Dropout: the same
+        parameters and function; same batch size, optimizer, augmentation off on both sides,
+        same threads), and against the same loop over genforge's CNN module: images/s.
 
 nanoGPT runs from a local copy that is not part of genforge:
   git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT
@@ -153,20 +154,53 @@ def part_gpt(a) -> None:
         print(f"\n{load()} at end")
 
 
-def part_cnn(a) -> None:
-    """cnn-fashion: the trainer vs a plain DataLoader loop of the same model."""
-    from genforge import config as C
-    from genforge.recipes import get_recipe, resolve
-    from genforge.train.optim import make_optimizer
+def textbook_cnn(cfg) -> torch.nn.Module:
+    """The cnn-fashion network as pytorch/examples and Keras write it: conv-BN-ReLU-pool per
+    stage and nn.Dropout, with genforge CNN's parameter names (`features.*`, `head.*`), so one
+    state_dict loads into both and they compute the same function."""
+    nn, m = torch.nn, cfg.model_cfg
+    feats, c, side = [], m.in_channels, m.image_size
+    for i, out in enumerate(m.channels):
+        feats += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        if i < len(m.channels) - 1:
+            feats.append(nn.MaxPool2d(2))
+            side //= 2
+        c = out
+    head = nn.Sequential(nn.Flatten(), nn.Dropout(m.dropout), nn.Linear(c * side * side, m.dense),
+                         nn.ReLU(), nn.Dropout(m.dropout), nn.Linear(m.dense, m.n_classes))
+    return _Textbook(nn.Sequential(*feats), head)
 
-    torch.set_num_threads(a.threads)
+
+class _Textbook(torch.nn.Module):
+    def __init__(self, features: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _cnn_cfg(a):
+    from genforge import config as C
+    from genforge.recipes import resolve
+
     _, mod, preset = resolve("cnn-fashion")
     over = {"max_steps": a.cnn_steps, "log_every": 10, "eval_every": a.cnn_steps, "eval_batches": 1,
             "plots": False, "crop_pad": 0, "flip": False}
     cfg = C.make_config(mod, preset)
     C.apply_overrides(cfg, over, mod.MODELS)
+    return cfg
 
-    def genforge_rate() -> float:
+
+def cnn_rate(a, who: str) -> float:
+    """images/s of one program, in this process: `genforge` (the trainer), `textbook` (a plain
+    DataLoader loop of textbook_cnn) or `module` (the same loop of genforge's CNN module)."""
+    from genforge.recipes import get_recipe
+    from genforge.train.optim import make_optimizer
+
+    torch.set_num_threads(a.threads)
+    cfg = _cnn_cfg(a)
+    if who == "genforge":
         from genforge.train.trainer import fit
 
         with tempfile.TemporaryDirectory() as d:
@@ -175,9 +209,10 @@ def part_cnn(a) -> None:
 
             recs = [json.loads(x) for x in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
         return statistics.median(r["examples_per_s"] for r in recs if "examples_per_s" in r)
-
     recipe = get_recipe("image-classify")
-    model = recipe.build(cfg)
+    m = recipe.build(cfg)  # also fills cfg.model_cfg's data-dependent sizes
+    if who == "textbook":
+        m = textbook_cnn(cfg)
     xs, ys = [], []
     for i, (x, y) in enumerate(recipe.batches(cfg, "train")):
         xs.append(x)
@@ -185,41 +220,73 @@ def part_cnn(a) -> None:
         if len(xs) * cfg.batch_size >= 60000 or i > 470:
             break
     ds = torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys))
+    opt = make_optimizer(m, cfg)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
+    m.train()
+    times, it, t = [], iter(loader), time.perf_counter()
+    for s in range(a.cnn_steps):
+        x, y = next(it)
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (s + 1) % 10 == 0:
+            now = time.perf_counter()
+            times.append(10 * cfg.batch_size / (now - t))
+            t = now
+    return statistics.median(times)
 
-    def plain_rate() -> float:
-        m = recipe.build(cfg)
-        opt = make_optimizer(m, cfg)
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
-        m.train()
-        times, it, t = [], iter(loader), time.perf_counter()
-        for s in range(a.cnn_steps):
-            x, y = next(it)
-            loss = torch.nn.functional.cross_entropy(m(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if (s + 1) % 10 == 0:
-                now = time.perf_counter()
-                times.append(10 * cfg.batch_size / (now - t))
-                t = now
-        return statistics.median(times)
+
+def part_cnn(a) -> None:
+    """cnn-fashion: the trainer against plain DataLoader loops of the textbook network (the
+    peer) and of genforge's own CNN module (what the trainer alone adds); each measurement in
+    a fresh process, the order rotating round by round."""
+    from genforge.recipes import get_recipe
+
+    cfg = _cnn_cfg(a)
+    model = get_recipe("image-classify").build(cfg).eval()
+    book = textbook_cnn(cfg).eval()
+    book.load_state_dict(model.state_dict())  # strict: the same parameters, by name and shape
+    with torch.no_grad():
+        mc = cfg.model_cfg
+        probe = torch.randn(256, mc.in_channels, mc.image_size, mc.image_size)
+        same = torch.allclose(book(probe), model(probe), rtol=1e-4, atol=1e-5)
+
+    def rate(who: str) -> float:
+        cmd = [sys.executable, __file__, "cnn-one", "--who", who, "--threads", str(a.threads),
+               "--cnn-steps", str(a.cnn_steps)]
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+        if p.returncode != 0:
+            raise SystemExit(f"{who} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        return float(p.stdout.split()[-1])
 
     print(f"\n### cnn-fashion: images/s, {a.cnn_steps} steps of batch {cfg.batch_size} each, alternating\n")
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware()}; {load()} at start\n")
-    print("| round | genforge images/s | plain DataLoader loop images/s | genforge / plain |")
-    print("|---|---|---|---|")
-    ratios = []
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware()}; {load()} at start")
+    print(f"textbook network and genforge's CNN, one state_dict: the same outputs (eval, 256 random "
+          f"images): {same}\n")
+    print("| round | genforge images/s | plain loop, textbook network | genforge / textbook loop "
+          "| plain loop, genforge's CNN module | genforge / module loop |")
+    print("|---|---|---|---|---|---|")
+    ratios, ratios_mod = [], []
+    order = ["genforge", "textbook", "module"]
     for r in range(a.rounds):
-        g, p = genforge_rate(), plain_rate()
+        got = {who: rate(who) for who in order[r % 3:] + order[:r % 3]}
+        g, p, q = got["genforge"], got["textbook"], got["module"]
         ratios.append(g / p)
-        print(f"| {r + 1} | {g:.0f} | {p:.0f} | {ratios[-1]:.2f}x |", flush=True)
-    print(f"\nmedian ratio: {statistics.median(ratios):.2f}x (target >= 1.5x); {load()} at end")
-    del model
+        ratios_mod.append(g / q)
+        print(f"| {r + 1} | {g:.0f} | {p:.0f} | {ratios[-1]:.2f}x | {q:.0f} | {ratios_mod[-1]:.2f}x |",
+              flush=True)
+    print(f"\nmedian ratio against the textbook loop: {statistics.median(ratios):.2f}x (target >= 1.5x); "
+          f"against a plain loop of genforge's module (the trainer alone): "
+          f"{statistics.median(ratios_mod):.2f}x; {load()} at end")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="+", choices=["gpt", "cnn"])
+    ap.add_argument("parts", nargs="+", choices=["gpt", "cnn", "cnn-one"],
+                    help="cnn-one: one cnn measurement (--who), the images/s printed last")
+    ap.add_argument("--who", choices=["genforge", "textbook", "module"], default="genforge")
     ap.add_argument("--nanogpt", help="a local copy of github.com/karpathy/nanoGPT")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=200)
@@ -240,6 +307,8 @@ def main() -> None:
         part_gpt(a)
     if "cnn" in a.parts:
         part_cnn(a)
+    if "cnn-one" in a.parts:
+        print(f"{cnn_rate(a, a.who):.1f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.layers import dropout
+
 # torch >= 2.5 shares key/value heads inside SDPA without materialising the repeats; probe once
 try:
     F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2),
@@ -75,7 +77,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     att = F.softmax(att, dim=-1)
     weights = att
     if dropout_p > 0:
-        att = F.dropout(att, p=dropout_p)
+        att = dropout(att, dropout_p)
     y = att @ v  # (B, nh, Tq, hs)
     return (y, weights) if return_weights else y
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.layers import Dropout, conv_stage
+
 
 @dataclass
 class AudioCNNConfig:
@@ -32,16 +34,13 @@ class AudioCNN(nn.Module):
         layers: list[nn.Module] = []
         c, m = 1, cfg.n_mels
         for out in cfg.channels:
-            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
-            if m >= 2:
-                layers.append(nn.MaxPool2d(2))
-                m //= 2
-            else:  # too few mel bins left to halve: pool time only
-                layers.append(nn.MaxPool2d((1, 2)))
+            # too few mel bins left to halve: pool time only
+            layers += conv_stage(c, out, nn.ReLU(), pool=nn.MaxPool2d(2 if m >= 2 else (1, 2)))
+            m //= 2 if m >= 2 else 1
             c = out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(c * m, cfg.dense), nn.ReLU(),
-                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.dense, cfg.n_classes))
+        self.head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(c * m, cfg.dense), nn.ReLU(),
+                                  Dropout(cfg.dropout), nn.Linear(cfg.dense, cfg.n_classes))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, n_mels, T) -> (B, dense): the penultimate features (FID's feature space)."""
@@ -70,7 +69,7 @@ class AudioGRU(nn.Module):
         self.gru = nn.GRU(cfg.n_mels, cfg.hidden, cfg.layers, batch_first=True,
                           bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         width = cfg.hidden * (2 if cfg.bidirectional else 1)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.out = nn.Linear(2 * width, cfg.n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

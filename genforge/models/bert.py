@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genforge.models.attention import MultiHeadAttention
+from genforge.models.layers import Dropout
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Block(nn.Module):
         self.fc = nn.Linear(cfg.d_model, cfg.intermediate)
         self.proj = nn.Linear(cfg.intermediate, cfg.d_model)
         self.mlp_norm = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.attn_norm(x + self.drop(self.attn(x, key_padding_mask=mask)))  # post-LN
@@ -67,7 +68,7 @@ class Bert(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.emb_norm = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.apply(self._init)
 

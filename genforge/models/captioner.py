@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genforge.models.attention import KVCache, MultiHeadAttention
+from genforge.models.layers import Dropout, conv_stage
 
 
 @dataclass
@@ -41,7 +42,7 @@ class DecoderBlock(nn.Module):
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = MultiHeadAttention(d, n_head, bias=True, dropout=dropout)
         self.cross_attn = MultiHeadAttention(d, n_head, bias=True, dropout=dropout, d_context=d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), Dropout(dropout))
 
     def forward(self, x, memory, layer: int, cache: KVCache | None = None):
         x = x + self.self_attn(self.ln1(x), causal=True, cache=cache, layer=layer)
@@ -56,8 +57,7 @@ class Captioner(nn.Module):
         layers: list[nn.Module] = []
         c, side = cfg.in_channels, cfg.image_size
         for out in cfg.channels:
-            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            layers += conv_stage(c, out, nn.ReLU(), pool=nn.MaxPool2d(2))
             c, side = out, side // 2
         self.encoder = nn.Sequential(*layers)
         d = cfg.d_model

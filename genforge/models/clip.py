@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from genforge.models.attention import MultiHeadAttention
 from genforge.models.bert import Bert, BertConfig, pool
+from genforge.models.layers import Dropout, conv_stage
 
 # ---------------------------------------------------------------------------------------
 # the loss and the retrieval metric
@@ -60,9 +61,7 @@ class ImageTower(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for i, out in enumerate(channels):
-            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
-            if i < len(channels) - 1:
-                layers.append(nn.MaxPool2d(2))
+            layers += conv_stage(c, out, nn.ReLU(), pool=nn.MaxPool2d(2) if i < len(channels) - 1 else None)
             c = out
         self.net = nn.Sequential(*layers)
         self.width = c
@@ -78,7 +77,7 @@ class TextBlock(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = MultiHeadAttention(d, n_head, bias=True, dropout=dropout)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), Dropout(dropout))
 
     def forward(self, x, mask):
         x = x + self.attn(self.ln1(x), key_padding_mask=mask)

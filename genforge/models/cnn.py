@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.layers import Dropout, conv_stage
 from genforge.models.mlp import ACTIVATIONS
 
 
@@ -36,18 +37,14 @@ class CNN(nn.Module):
         c, side = cfg.in_channels, cfg.image_size
         for i, out in enumerate(cfg.channels):
             # 'same' padding keeps small inputs (8x8 digits) from vanishing
-            layers += [nn.Conv2d(c, out, 3, padding=1, bias=not cfg.batch_norm)]
-            if cfg.batch_norm:
-                layers.append(nn.BatchNorm2d(out))
-            layers.append(act())
-            if i < len(cfg.channels) - 1 and side >= 4:
-                layers.append(nn.MaxPool2d(2))
-                side //= 2
+            pool = i < len(cfg.channels) - 1 and side >= 4
+            layers += conv_stage(c, out, act(), cfg.batch_norm, nn.MaxPool2d(2) if pool else None)
+            side //= 2 if pool else 1
             c = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c * side * side, cfg.dense), act(),
-            nn.Dropout(cfg.dropout), nn.Linear(cfg.dense, cfg.n_classes),
+            nn.Flatten(), Dropout(cfg.dropout), nn.Linear(c * side * side, cfg.dense), act(),
+            Dropout(cfg.dropout), nn.Linear(cfg.dense, cfg.n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +95,7 @@ class ResNet(nn.Module):
                 stages.append(ResidualBlock(c, w, stride))
                 c = w
         self.stages = nn.Sequential(*stages)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.fc = nn.Linear(c, cfg.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

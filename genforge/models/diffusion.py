@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from genforge.generate import diffusion_samplers as S
 from genforge.models.attention import MultiHeadAttention
+from genforge.models.layers import Dropout
 
 # ---------------------------------------------------------------------------------------
 # noise schedule
@@ -64,7 +65,7 @@ class ResBlock(nn.Module):
         self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
         self.norm2, self.conv2 = norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, emb):

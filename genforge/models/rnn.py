@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.layers import Dropout
+
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 # an LSTM carries (h, c), the others h: each (n_layer, B, hidden)
@@ -50,7 +52,7 @@ class RNNLM(nn.Module):
             raise ValueError(f"unknown cell {cfg.cell!r}; choose one of: {', '.join(_CELLS)}")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.rnn = _CELLS[cfg.cell](
             cfg.embed_size, cfg.hidden_size, num_layers=cfg.n_layer, batch_first=True,
             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0,

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genforge.models.attention import KVCache, MultiHeadAttention
+from genforge.models.layers import Dropout
 
 PAD = 0  # padding id of every seq2seq vocabulary (the recipe's tokenizers put it first)
 
@@ -103,7 +104,7 @@ class GRUSeq2Seq(nn.Module):
         self.cell = nn.GRUCell(e + 2 * h, h)
         self.out = nn.Linear(h + 2 * h + e, e)  # deep output layer, then the vocabulary
         self.head = nn.Linear(e, cfg.tgt_vocab)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     @property
     def context_size(self) -> int:
@@ -189,7 +190,7 @@ def sinusoids(n: int, d: int) -> torch.Tensor:
 class FeedForward(nn.Module):
     def __init__(self, d: int, d_ff: int, dropout: float):
         super().__init__()
-        self.fc, self.proj, self.drop = nn.Linear(d, d_ff), nn.Linear(d_ff, d), nn.Dropout(dropout)
+        self.fc, self.proj, self.drop = nn.Linear(d, d_ff), nn.Linear(d_ff, d), Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(self.drop(F.relu(self.fc(x)))))
@@ -201,7 +202,7 @@ class EncoderBlock(nn.Module):
         self.ln_1, self.ln_2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.attn = MultiHeadAttention(c.d_model, c.n_head, bias=True, dropout=c.dropout)
         self.ff = FeedForward(c.d_model, c.d_ff, c.dropout)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), key_padding_mask=mask))
@@ -216,7 +217,7 @@ class DecoderBlock(nn.Module):
         self.cross = MultiHeadAttention(c.d_model, c.n_head, bias=True, dropout=c.dropout,
                                         d_context=c.d_model)
         self.ff = FeedForward(c.d_model, c.d_ff, c.dropout)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def forward(self, x, memory, mask, cache: KVCache | None = None, layer: int = 0,
                 need_weights: bool = False):
@@ -255,7 +256,7 @@ class TransformerSeq2Seq(nn.Module):
             self.pos_emb = nn.Embedding(cfg.max_len + 1, d)
         else:
             self.register_buffer("pe", sinusoids(cfg.max_len + 1, d), persistent=False)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.enc = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_enc_layer))
         self.dec = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_dec_layer))
         self.ln_enc, self.ln_dec = nn.LayerNorm(d), nn.LayerNorm(d)

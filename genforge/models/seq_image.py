@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genforge.models.layers import Dropout
+
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -39,7 +41,7 @@ class RowSequenceClassifier(nn.Module):
             cfg.in_channels * cfg.width, cfg.hidden, num_layers=cfg.n_layers, batch_first=True,
             bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.n_layers > 1 else 0.0)
         dirs = 2 if cfg.bidirectional else 1
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.hidden * dirs, cfg.n_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from genforge.models.attention import MultiHeadAttention
 from genforge.models.bert import Bert, BertConfig, pool as bert_pool
+from genforge.models.layers import Dropout
 
 
 # ---------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, d_in: int, n_classes: int, dropout: float):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.fc = nn.Linear(d_in, n_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ class TextClassifier(nn.Module):
 
     def _init_embedding(self, cfg: "TextConfig") -> None:
         self.embed = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=cfg.pad_id)
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.emb_drop = Dropout(cfg.emb_dropout)
         self.attention: torch.Tensor | None = None  # (B, [heads,] T) where the model has it
 
     def embed_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +257,7 @@ class BiRNN(TextClassifier):
         self.rnn = _make_rnn(cfg.cell, cfg.emb_dim, cfg.hidden, cfg.n_layers, cfg.bidirectional,
                              cfg.dropout)
         dirs = 2 if cfg.bidirectional else 1
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.head = ClassifierHead(cfg.hidden * dirs, cfg.n_classes, cfg.dropout)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -285,7 +286,7 @@ class AttentionPooling(TextClassifier):
         self.rnn = _make_rnn("gru", cfg.emb_dim, cfg.hidden, 1, True, 0.0)
         self.w1 = nn.Linear(2 * cfg.hidden, cfg.attn_dim, bias=False)
         self.w2 = nn.Linear(cfg.attn_dim, cfg.n_hops, bias=False)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.head = ClassifierHead(2 * cfg.hidden * cfg.n_hops, cfg.n_classes, cfg.dropout)
         self.last_penalty = torch.zeros(())
 
@@ -320,8 +321,8 @@ class EncoderBlock(nn.Module):
         self.attn = MultiHeadAttention(d, cfg.n_head, bias=True, dropout=cfg.dropout)
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(),
-                                 nn.Linear(cfg.ff_mult * d, d), nn.Dropout(cfg.dropout))
-        self.drop = nn.Dropout(cfg.dropout)
+                                 nn.Linear(cfg.ff_mult * d, d), Dropout(cfg.dropout))
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, mask, need_weights=False):
         a = self.attn(self.ln1(x), key_padding_mask=mask, need_weights=need_weights)
@@ -342,7 +343,7 @@ class TransformerEncoder(TextClassifier):
         self.cfg = cfg
         self._init_embedding(cfg)
         self.pos = nn.Embedding(cfg.max_len, cfg.emb_dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.emb_dim)
         self.head = ClassifierHead(cfg.emb_dim, cfg.n_classes, cfg.dropout)

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genforge.config import ConfigError
+from genforge.models.layers import Dropout
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 ADAPTER_MARK = ".lora_"  # every adapter parameter's name holds this
@@ -68,7 +69,7 @@ class LoRALinear(nn.Linear):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear's init, as the paper's code
             self.lora_a.append(nn.Parameter(a))
             self.lora_b.append(nn.Parameter(torch.zeros(stop - start, s.r, device=dev, dtype=dt)))
-        self.dropout = nn.Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B A in the layout of `weight` (zero rows outside the adapted parts)."""

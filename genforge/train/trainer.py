@@ -29,7 +29,7 @@ from genforge.recipes import get_recipe
 from genforge.train import checkpoint as ckpt
 from genforge.train import distributed
 from genforge.train import transfer
-from genforge.train.device import autocast, resolve_device, seed_everything, to_device
+from genforge.train.device import autocast, keep_freed_memory, resolve_device, seed_everything, to_device
 from genforge.train.ema import EMA, check_decay
 from genforge.train.optim import lr_factor, make_optimizer, make_scheduler, penalty, warmup_note
 
@@ -179,6 +179,8 @@ def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     device = distributed.device_for(d, resolve_device(cfg.device))
     seed_everything(cfg.seed, cfg.deterministic)  # the same on every rank: identical initial weights
+    if device.type == "cpu" and cfg.keep_freed_memory:
+        keep_freed_memory()
 
     try:
         model = recipe.build(cfg, run_dir=out_dir).to(device)
