@@ -34,9 +34,9 @@ class AudioCNN(nn.Module):
         layers: list[nn.Module] = []
         c, m = 1, cfg.n_mels
         for out in cfg.channels:
-            # too few mel bins left to halve: pool time only
-            layers += conv_stage(c, out, nn.ReLU(), pool=nn.MaxPool2d(2 if m >= 2 else (1, 2)))
-            m //= 2 if m >= 2 else 1
+            halve = m >= 2  # too few mel bins left to halve: pool time only
+            layers += conv_stage(c, out, nn.ReLU(), pool=nn.MaxPool2d(2 if halve else (1, 2)))
+            m = m // 2 if halve else m
             c = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(c * m, cfg.dense), nn.ReLU(),

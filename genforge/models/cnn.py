@@ -39,7 +39,7 @@ class CNN(nn.Module):
             # 'same' padding keeps small inputs (8x8 digits) from vanishing
             pool = i < len(cfg.channels) - 1 and side >= 4
             layers += conv_stage(c, out, act(), cfg.batch_norm, nn.MaxPool2d(2) if pool else None)
-            side //= 2 if pool else 1
+            side = side // 2 if pool else side
             c = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(

@@ -73,7 +73,7 @@ PRESETS = {
                      "lr": 3e-3, "weight_decay": 0.01, "warmup_ratio": 0.0216, "crop_pad": 2,
                      "flip": True, "model.channels": (32, 64, 128), "model.dense": 128,
                      "model.batch_norm": True, "model.dropout": 0.2},
-                    "conv-BN-pool x3 + dense, crop+flip augmentation, Fashion-MNIST (~10 min on 2 CPU cores)"),
+                    "conv-BN-pool x3 + dense, crop+flip augmentation, Fashion-MNIST (~5 min on 2 CPU cores)"),
     "resnet-fashion": ({"model": "resnet", "data": "fashion-mnist", "epochs": 10, "batch_size": 128,
                         "lr": 3e-3, "weight_decay": 0.05, "warmup_ratio": 0.0475, "crop_pad": 2,
                         "flip": True, "model.widths": (32, 64, 128), "model.label_smoothing": 0.1},
