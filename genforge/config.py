@@ -95,7 +95,8 @@ class TrainConfig:
     # fastest convolutions on CPU, tensor cores on GPU; no effect on models without them
     channels_last: bool = True
     # CPU: freed memory stays in the process for the next step (no page faults on each step's
-    # fresh tensors: up to a fifth of a small model's step); the process keeps its peak memory
+    # fresh tensors: up to a fifth of a small model's step); the process keeps its peak memory.
+    # Also when the run is loaded for generation, evaluation or serving
     keep_freed_memory: bool = True
     # under torchrun: shard the weights, gradients and optimizer state over the processes
     # (FSDP2 fully_shard) instead of replicating them (DDP), for models whose training state
