@@ -78,13 +78,12 @@ def test_cnn_checkpoint_names_unchanged():
     the textbook conv-BN-ReLU-pool order that earlier checkpoints were saved with."""
     m = CNN(CNNConfig(channels=(4, 8, 8), dense=8, batch_norm=True, in_channels=1, image_size=28,
                       n_classes=10))
-    assert [k for k in m.state_dict() if k.startswith("features")] == [
-        f"features.{i}.{n}" for i in (0,) for n in ("weight",)] + [
-        f"features.1.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")] + [
-        "features.4.weight"] + [
-        f"features.5.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")] + [
-        "features.8.weight"] + [
-        f"features.9.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    book = []
+    for cin, cout, pool in ((1, 4, True), (4, 8, True), (8, 8, False)):
+        book += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        book += [nn.MaxPool2d(2)] if pool else []
+    assert list(m.features.state_dict()) == list(nn.Sequential(*book).state_dict())
+    assert isinstance(m.features[2], nn.MaxPool2d) and isinstance(m.features[3], nn.ReLU)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
