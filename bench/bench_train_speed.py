@@ -1,5 +1,5 @@
-"""Training speed side by side (issue 20 item 3), the two programs alternated round by round
-so they share the machine's noise.
+"""Training speed side by side (issue 20 item 3), the programs alternated round by round so
+they share the machine's noise, each in its own process.
 
   gpt   genforge's trainer (`genforge train language-model`, the standard small config of
         bench_lm.py: 4 layers, 4 heads, 128 wide, context 64, batch 12, dropout 0, no biases,
