@@ -1,7 +1,7 @@
 """Building blocks the model families share, written for speed on the CPU.
 
 `Dropout` is `nn.Dropout` with a cheaper mask on the CPU: ATen's CPU dropout draws one
-Bernoulli variate per element (about 13 ns each here, a tenth of a small CNN's training step);
+Bernoulli variate per element (about 11 ns each here, a tenth of a small CNN's training step);
 this one takes 32 random bits per element from the same torch generator (64-bit draws split in
 two) and compares them with a threshold, 3-4x faster for the same distribution (the keep
 probability is exact to 2^-32). Other devices, and code under `torch.compile`, use ATen's.
