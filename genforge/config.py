@@ -96,7 +96,8 @@ class TrainConfig:
     channels_last: bool = True
     # CPU: freed memory stays in the process for the next step (no page faults on each step's
     # fresh tensors: up to a fifth of a small model's step); the process keeps its peak memory.
-    # Also when the run is loaded for generation, evaluation or serving
+    # Also when the run is loaded for generation, evaluation or serving. Process-wide: once
+    # on (one run with it loaded), it stays on for that process
     keep_freed_memory: bool = True
     # under torchrun: shard the weights, gradients and optimizer state over the processes
     # (FSDP2 fully_shard) instead of replicating them (DDP), for models whose training state
