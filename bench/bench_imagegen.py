@@ -14,7 +14,8 @@ timing probe only sets a step cap above what the budget allows. The table report
 actual time taken, final evaluation included. `--reuse FAMILY=RUN` puts an already trained run in the table instead
 (evaluated again with the same classifier and n); `--set FAMILY:KEY=VALUE` changes a preset
 setting for this benchmark (printed above the table). Diffusion samples with `--sampler`
-(default dpm++, DPM-Solver++(2M)) at `--steps` (default: the sampler's, dpm++ 15, ddim 50).
+(default dpm++, DPM-Solver++(2M)) at `--steps` (default: the sampler's, dpm++ 10, ddim 50),
+guided as the run says (`--guidance`, `--guidance-interval` override it).
 `--samplers RUN` only compares samplers on one trained diffusion run (FID, class-consistency,
 seconds per 64 images, e.g. DDIM-50 against DPM++ at 10/15/20 steps) and measures this
 machine's U-Net training step for the table header. Run it under the shared lock:
@@ -112,7 +113,8 @@ def sampler_comparison(run: Path, clf_dir: Path, args) -> None:
             lab = labels[i:i + 64]
             t0 = time.perf_counter()
             fakes.append(recipe.generate_images(model, cfg, lab, len(lab), steps, args.guidance,
-                                                seed=i, batch_size=64, sampler=name))
+                                                seed=i, batch_size=64, sampler=name,
+                                                guidance_interval=args.guidance_interval))
             if len(lab) == 64:
                 times.append(time.perf_counter() - t0)
         f_fake, p_fake = clf.features_and_probs(torch.cat(fakes))
@@ -122,7 +124,7 @@ def sampler_comparison(run: Path, clf_dir: Path, args) -> None:
         rows.append((name, steps, q))
         log(f"{name} {steps}: {json.dumps(q)}")
     print(f"\nsamplers: {run} ({steps_trained} training steps), features {clf_dir}, n={args.n_eval} "
-          f"samples vs n={args.n_eval} {args.split} images, guidance {args.guidance}, "
+          f"samples vs n={args.n_eval} {args.split} images, {guidance_text(cfg, args)}, "
           f"{torch.get_num_threads()} threads, U-Net training step {sps:.3f} s now (batch "
           f"{cfg.batch_size}), {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
           f"load average {os.getloadavg()[0]:.1f}")
@@ -211,23 +213,44 @@ def step_time_variants(args) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def guidance_text(cfg, args) -> str:
+    """The guidance a diffusion run sampled with here: --guidance / --guidance-interval, else
+    the run's own settings."""
+    g = cfg.guidance if args.guidance is None else args.guidance
+    lo, hi = cfg.guidance_interval if args.guidance_interval is None else args.guidance_interval
+    return f"guidance {g:g}" + ("" if (lo, hi) == (0, 1) else f" for t/T in [{lo:g}, {hi:g}]")
+
+
+def parse_interval(text: str) -> tuple[float, float]:
+    lo, sep, hi = text.partition(",")
+    try:
+        return float(lo), float(hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0.1,0.6), got {text!r}") from None
+
+
 def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
-    """FID / IS / class-consistency of one diffusion run at several guidance scales."""
-    recipe, cfg, model = load_run(run)
+    """FID / IS / class-consistency of one diffusion run at several guidance settings: each
+    --guidances item is a scale G (guidance at every step, or at --guidance-interval's when
+    given) or G:LO:HI (guidance only while t/T is in [LO, HI]). The last weights, as the table."""
+    recipe, cfg, model = load_run(run, "last")
     rows = []
-    for g in [float(x) for x in args.guidances.split(",")]:
+    for item in args.guidances.split(","):
+        g, *interval = (float(v) for v in item.split(":"))
+        interval = tuple(interval) if interval else args.guidance_interval
         t0 = time.perf_counter()
         q = recipe.quality_metrics(model, cfg, args.split, n=args.n_eval, classifier=str(clf_dir),
-                                   steps=args.steps, guidance=g, sampler=args.sampler)
-        rows.append((g, q, time.perf_counter() - t0))
-        log(f"guidance {g}: {json.dumps(q)} ({rows[-1][2]:.0f}s)")
+                                   steps=args.steps, guidance=g, sampler=args.sampler,
+                                   guidance_interval=interval)
+        rows.append((item, q, time.perf_counter() - t0))
+        log(f"guidance {item}: {json.dumps(q)} ({rows[-1][2]:.0f}s)")
     print(f"\nguidance sweep: {run} ({args.sampler} {args.steps or 'default'} steps), features {clf_dir}, n={args.n_eval} "
           f"samples vs {args.split} images, "
           f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
-    print("| guidance | FID (genforge feats) | IS analogue | class-consistency | eval time |")
+    print("| guidance (G or G:LO:HI) | FID (genforge feats) | IS analogue | class-consistency | eval time |")
     print("|---|---|---|---|---|")
     for g, q, dt in rows:
-        print(f"| {g:g} | {q['fid']:.2f} | {q['is']:.2f} | {q['class_consistency'] * 100:.1f}% | {dt:.0f} s |")
+        print(f"| {g} | {q['fid']:.2f} | {q['is']:.2f} | {q['class_consistency'] * 100:.1f}% | {dt:.0f} s |")
 
 
 def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path, int, float]:
@@ -247,8 +270,11 @@ def train_family(recipe, fam: str, budget: float, out: Path, args) -> tuple[Path
     # evaluation, sample grid and checkpoint, which the reported wall time includes.
     cap = max(10, int(1.5 * budget * 60 / sps))
     ov = {**overrides, "max_steps": cap, "max_minutes": max(budget / 2, budget - RESERVE_S / 60), "eval_every": cap,
-          "sample_grid": 100, "sample_steps": args.steps or 0, "sampler": args.sampler,
-          "guidance": args.guidance, "plots": True}
+          "sample_grid": 100, "sample_steps": args.steps or 0, "sampler": args.sampler, "plots": True}
+    if args.guidance is not None:
+        ov["guidance"] = args.guidance
+    if args.guidance_interval is not None:
+        ov["guidance_interval"] = args.guidance_interval
     cfg = config(ov)
     run = out / f"{fam}-{time.strftime('%H%M%S')}"
     log(f"{fam}: probe {sps:.3f} s/step (~{int(budget * 60 / sps)} steps in {budget:g} min); "
@@ -270,7 +296,7 @@ def main() -> None:
     ap.add_argument("--sampler", default="dpm++", choices=["ddpm", "ddim", "dpm++"],
                     help="diffusion sampler (dpm++: DPM-Solver++(2M))")
     ap.add_argument("--steps", type=int, default=None,
-                    help="diffusion sampling steps (default: the sampler's, dpm++ 15, ddim 50)")
+                    help="diffusion sampling steps (default: the sampler's, dpm++ 10, ddim 50)")
     ap.add_argument("--samplers", default="", metavar="RUN", help="only compare samplers on this "
                     "trained diffusion run (each SAMPLER:STEPS of --compare); needs --classifier")
     ap.add_argument("--compare", default="ddim:50,dpm++:10,dpm++:15,dpm++:20")
@@ -278,14 +304,18 @@ def main() -> None:
                     "training step against STEP_VARIANTS in alternating rounds, and profile it")
     ap.add_argument("--step-rounds", type=int, default=3)
     ap.add_argument("--step-reps", type=int, default=3)
-    ap.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale "
-                    "(1.5: lowest validation FID of 1.25 / 1.5 / 2 for a 20-minute run, see bench/README.md)")
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale "
+                    "(default: the run's; the diffusion-fashion preset's 1.75 had the lowest "
+                    "validation FID for a 20-minute run, see bench/README.md)")
+    ap.add_argument("--guidance-interval", type=parse_interval, default=None, metavar="LO,HI",
+                    help="guide only while t/T is in [LO, HI] (0,1 = every step; default: the run's)")
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
     ap.add_argument("--docs", action="store_true", help="copy the final sample grids to docs/")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", default="", help="only evaluate this trained diffusion run at each "
                     "--guidances value (FID / IS / class-consistency vs guidance); needs --classifier")
-    ap.add_argument("--guidances", default="1,2,3")
+    ap.add_argument("--guidances", default="1.5,1.75,2,1.75:0.1:0.6",
+                    help="--sweep: comma-separated G (a scale) or G:LO:HI (a scale and an interval of t/T)")
     ap.add_argument("--split", default="test", choices=["val", "test"],
                     help="--sweep: real images to compare with (val: choose the guidance without "
                     "looking at the test split)")
@@ -340,7 +370,7 @@ def main() -> None:
     log(f"real data: FID(test vs train, n={args.n_eval}) {ref['fid']:.2f}, IS {ref['is']:.2f}, "
         f"classifier test accuracy {clf_acc:.4f}")
 
-    rows = []
+    rows, diffusion_guidance = [], "no diffusion run"
     for fam in FAMILIES:
         if fam in reuse:
             run = reuse[fam]
@@ -355,14 +385,19 @@ def main() -> None:
             continue
         # sampling time per 64 images (second call: first one warms up allocations)
         labels = torch.arange(64) % len(cfg.classes)
-        recipe.generate_images(model, cfg, labels[:8], 8, args.steps, args.guidance, sampler=args.sampler)
+        gi = args.guidance_interval
+        recipe.generate_images(model, cfg, labels[:8], 8, args.steps, args.guidance, sampler=args.sampler,
+                               guidance_interval=gi)
         t0 = time.perf_counter()
         recipe.generate_images(model, cfg, labels, 64, args.steps, args.guidance, seed=1,
-                               sampler=args.sampler)
+                               sampler=args.sampler, guidance_interval=gi)
         sample_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         q = recipe.quality_metrics(model, cfg, "test", n=args.n_eval, classifier=str(clf_dir),
-                                   steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+                                   steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                                   guidance_interval=gi)
+        if fam == "diffusion":
+            diffusion_guidance = guidance_text(cfg, args)
         row = {"family": fam, "budget_min": budget, "steps": steps, "train_min": train_s / 60,
                "sample_s_per_64": sample_s, **q, "run": str(run)}
         if fam == "vae":
@@ -382,8 +417,7 @@ def main() -> None:
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"FID / IS: genforge CNN classifier features ({clf_dir}, test accuracy {clf_acc:.4f}), "
           f"n={args.n_eval} samples vs n={args.n_eval} test images; diffusion: {args.sampler} "
-          f"{args.steps or 'default'} steps, "
-          f"guidance {args.guidance}")
+          f"{args.steps or 'default'} steps, {diffusion_guidance}")
     for fam, sets in args.sets.items():
         print(f"{fam}: preset {FAMILIES[fam]} with " + ", ".join(f"{k}={v}" for k, v in sets.items()))
     print()

@@ -402,6 +402,9 @@ def generate(
     n: Optional[int] = typer.Option(None, "--n", help="number of samples (images)"),
     label: Optional[str] = typer.Option(None, help="class to generate (conditional image models)"),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale"),
+    guidance_interval: Optional[str] = typer.Option(
+        None, "--guidance-interval", help="diffusion: guide only while t/T is in LO,HI (e.g. "
+        "0.1,0.6; 0,1 = every step; default: the run's)"),
     steps: Optional[int] = typer.Option(None, help="sampling steps (diffusion; default: the "
                                         "sampler's, dpm++ 10, ddim 50)"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="diffusion sampler: dpm++ "
@@ -422,6 +425,15 @@ def generate(
 
     if beams is not None and beams < 1:
         raise typer.BadParameter(f"--beams must be >= 1 (1 = greedy), got {beams}")
+    interval = None
+    if guidance_interval is not None:
+        try:
+            interval = tuple(float(v) for v in guidance_interval.split(","))
+        except ValueError:
+            interval = ()
+        if len(interval) != 2:
+            raise typer.BadParameter(f"--guidance-interval takes LO,HI (two numbers, e.g. 0.1,0.6), "
+                                     f"got {guidance_interval!r}")
     recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if not hasattr(recipe, "cli_generate"):
         raise typer.BadParameter(f"{run} ({cfg.model}) is not a generative model")
@@ -430,7 +442,8 @@ def generate(
     opts = dict(prompt=(prompt[0] if len(prompt) == 1 else prompt) if prompt else None,
                 input=input_file, beams=beams, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                 top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
-                stream=stream or None, n=n, label=label, guidance=guidance, steps=steps,
+                stream=stream or None, n=n, label=label, guidance=guidance,
+                guidance_interval=interval, steps=steps,
                 sampler=sampler, out=out, seed=seed, compile=compile_ or None, image=image)
     recipe.cli_generate(model, cfg, run, **{k: v for k, v in opts.items() if v is not None})
 

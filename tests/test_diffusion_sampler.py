@@ -103,6 +103,24 @@ def test_grid_is_log_snr_uniform_and_strictly_decreasing():
     assert max(h[:-3]) < 1.3 * min(h[:-3]), h  # near-equal lambda steps until t rounds to 0..3
 
 
+def test_grid_skips_the_noise_levels_past_the_linear_schedules_end():
+    """A cosine schedule ends at sigma/alpha ~ 20,000: the grid still starts at T - 1, but its
+    next point is near sigma/alpha = MAX_NOISE_RATIO's lambda step, and the steps after it are
+    uniform in lambda; the linear schedule (which ends at ~157) keeps the plain uniform grid."""
+    cos = torch.cumprod(1 - make_betas("cosine", T), 0)
+    lam_c = 0.5 * (torch.log(cos) - torch.log1p(-cos))
+    assert float(lam_c[T - 1]) < -math.log(S.MAX_NOISE_RATIO) - 4  # the premise: far noisier
+    ts = S.dpm_solver_pp_grid(cos, 10)
+    assert ts[0] == T - 1 and ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:]))
+    h = [float(lam_c[s] - lam_c[t]) for t, s in zip(ts[1:], ts[2:])]
+    start = -math.log(S.MAX_NOISE_RATIO)
+    assert abs(float(lam_c[ts[1]]) - (start + (float(lam_c[0]) - start) / 10)) < 0.1
+    assert max(h[:-2]) < 1.3 * min(h[:-2]), h
+    lam_l = [lam(t) for t in range(T)]
+    uniform = torch.linspace(lam_l[T - 1], lam_l[0], 11)
+    assert S.dpm_solver_pp_grid(ABAR, 10) == [min(range(T), key=lambda t: abs(lam_l[t] - v)) for v in uniform.tolist()]
+
+
 @pytest.mark.parametrize("sampler,steps,msg", [
     ("dpm", 10, "unknown sampler 'dpm'; choose one of ddpm, ddim, dpm++"),
     ("dpm++", 0, "dpm++: steps must be between 1 and 19"),
@@ -218,6 +236,59 @@ def test_recipe_defaults_to_dpm_and_refuses_bad_pairs_before_work(runs):
     _, vcfg, vae = load_run(runs["vae-mlp"])
     with pytest.raises(ConfigError, match="--sampler apply to diffusion models only"):
         R.sample(vae, vcfg, n=1, sampler="dpm++")
+
+
+def test_guidance_interval_from_the_run_the_call_and_the_cli(runs, tmp_path):
+    """The run's `guidance_interval` reaches the sampler ((0, 1): the every-step path runs
+    saved before the key took), a call's overrides it, and a bad interval is one clear error
+    before any work, from the config, the call and the CLI."""
+    from typer.testing import CliRunner
+    from genforge import config as C
+    from genforge.cli import app
+    from genforge.config import ConfigError
+    from genforge.recipes import image_generate as R
+    from genforge.train.checkpoint import load_run
+
+    _, cfg, model = load_run(runs["diffusion"])
+    labels = torch.arange(3) % len(cfg.classes)
+
+    def direct(interval):
+        return model.sample(3, labels, steps=4, guidance=3.0, sampler="dpm++",
+                            generator=torch.Generator().manual_seed(5), guidance_interval=interval)
+
+    assert cfg.guidance_interval == (0.0, 1.0)
+    every = R.sample(model, cfg, n=3, seed=5, steps=4, guidance=3.0)
+    assert torch.equal(every, direct(None))
+    cfg.guidance_interval = (0.1, 0.6)  # as a run trained with the key would have it
+    mid = R.sample(model, cfg, n=3, seed=5, steps=4, guidance=3.0)
+    assert torch.equal(mid, direct((0.1, 0.6))) and not torch.equal(mid, every)
+    assert torch.equal(R.sample(model, cfg, n=3, seed=5, steps=4, guidance=3.0, guidance_interval=(0, 1)), every)
+    with pytest.raises(ConfigError, match="guidance_interval=0.7,0.2 is not an interval"):
+        R.sample(model, cfg, n=1, guidance_interval=(0.7, 0.2))
+    _, vcfg, vae = load_run(runs["vae-mlp"])
+    with pytest.raises(ConfigError, match="--guidance-interval, --steps and --sampler apply to diffusion"):
+        R.sample(vae, vcfg, n=1, guidance_interval=(0.1, 0.6))
+
+    with pytest.raises(ConfigError, match="guidance_interval=0.2,1.5 is out of range"):
+        C.make_config(R, {"guidance_interval": (0.2, 1.5)})
+    bad = C.make_config(R, {**R.TEST_CONFIGS["diffusion"], "guidance_interval": (0.7, 0.2)})
+    with pytest.raises(ConfigError, match="not an interval of t/T"):
+        R.build(bad)
+    preset = R.PRESETS["diffusion-fashion"][0]
+    assert R.check_guidance_interval(preset["guidance_interval"]) == tuple(preset["guidance_interval"])
+
+    out = tmp_path / "grid.png"
+    res = CliRunner().invoke(app, ["generate", str(runs["diffusion"]), "--guidance-interval", "0.1,0.6",
+                                   "--n", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.is_file()
+    res = CliRunner().invoke(app, ["generate", str(runs["diffusion"]), "--guidance-interval", "0.5",
+                                   "--out", str(tmp_path / "no.png")])
+    assert res.exit_code == 2 and "--guidance-interval takes LO,HI" in res.output
+    res = CliRunner().invoke(app, ["generate", str(runs["diffusion"]), "--guidance-interval", "0.9,0.1",
+                                   "--out", str(tmp_path / "no.png")])
+    assert res.exit_code != 0 and "not an interval of t/T" in str(res.exception)
+    assert not (tmp_path / "no.png").exists()
 
 
 def test_generate_cli_sampler_option(runs, tmp_path):

@@ -30,6 +30,11 @@ DEFAULT_STEPS = {"dpm++": 10, "ddim": 50}
 # where lambda jumps, so the step ratio r is small and the 1/(2r) extrapolation is unstable
 # (Lu et al. 2022, section 5 "lower order final", also the diffusers default)
 LOWER_ORDER_FINAL_BELOW = 15
+# the noisiest point of the log-SNR grid after its start: sigma / alpha = 160, where the DDPM
+# linear schedule (T = 1000) ends. A cosine schedule ends at sigma / alpha ~ 20,000 (its betas
+# clipped at 0.999), and a grid uniform in lambda over that whole range put 5 of 10 network
+# calls at sigma / alpha >= 49, where x_t carries nothing of the image (bench/README.md)
+MAX_NOISE_RATIO = 160.0
 
 Predictor = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -89,11 +94,16 @@ def dpm_solver_pp_grid(abar: torch.Tensor, steps: int) -> list[int]:
     linear schedule). Uniform in lambda, not in t, as Lu et al. (2022) recommend for
     low-resolution pixel models: uniform-in-t grids leave one huge lambda jump between the
     last two points (t = 67 -> 0 at 15 steps is 3.2 of the 9.7 total), where most of the
-    image's detail is decided. Each point is the timestep nearest its lambda, then moved just
-    enough to keep the points distinct (steps <= T - 1)."""
+    image's detail is decided. The grid starts at T - 1 and is uniform from
+    max(lambda_{T-1}, -log MAX_NOISE_RATIO): a schedule that ends noisier than that (cosine)
+    makes its first step from T - 1 straight to the uniform grid's second point. Each point is
+    the timestep nearest its lambda, then moved just enough to keep the points distinct
+    (steps <= T - 1)."""
     T = len(abar)
     lam = 0.5 * (torch.log(abar) - torch.log1p(-abar))  # (T,) decreasing in t
-    targets = torch.linspace(float(lam[T - 1]), float(lam[0]), steps + 1, dtype=torch.float64)
+    start = max(float(lam[T - 1]), -math.log(MAX_NOISE_RATIO))
+    targets = torch.linspace(start, float(lam[0]), steps + 1, dtype=torch.float64)
+    targets[0] = float(lam[T - 1])  # the solve starts at the schedule's last timestep
     near = [int((lam - v).abs().argmin()) for v in targets]  # non-increasing
     # room for the remaining points: t_i in [steps - i, T - 1 - i], then strictly decreasing
     ts = [min(max(u, steps - i), T - 1 - i) for i, u in enumerate(near)]

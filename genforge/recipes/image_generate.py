@@ -83,6 +83,12 @@ class Config(TrainConfig):
     guidance: Annotated[float, "[0, inf)"] = 2.0  # classifier-free guidance scale (conditional diffusion); 1 = none
     # (2: the lowest FID of 1.5 / 2 / 3 after ~1,700 steps in bench/bench_imagegen.py; a model
     # trained longer wants less: 1.5 had the lowest validation FID after ~5,700 steps)
+    # guidance only while t/T lies in [lo, hi] (Kynkaanniemi et al. 2024, "guidance interval"),
+    # the plain conditional model (one forward pass instead of two) at the other steps: guidance
+    # at the highest noise levels costs diversity, at the lowest it changes little; (0, 1) =
+    # every step. The diffusion-fashion preset (cosine schedule) guides t/T in [0.2, 0.8]
+    # at 2.0, chosen on validation images (bench/README.md)
+    guidance_interval: Annotated[tuple[float, float], "[0, 1]"] = (0.0, 1.0)
 
     # filled from the data by `build`, saved in config.json so runs load without the data
     classes: list[str] = field(default_factory=list)
@@ -103,8 +109,10 @@ PRESETS = {
     "diffusion-fashion": ({"model": "diffusion", "data": "fashion-mnist", "max_steps": 2000,
                            "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_every": 1000,
                            "eval_batches": 20, "grad_clip": 1.0, "ema": 0.999,
-                           "model.min_snr_gamma": 5.0},
-                          "conditional DDPM U-Net with classifier-free guidance, DPM-Solver++ sampling"),
+                           "model.min_snr_gamma": 5.0, "model.schedule": "cosine",
+                           "guidance": 2.0, "guidance_interval": (0.2, 0.8)},
+                          "conditional DDPM U-Net, cosine schedule, classifier-free guidance at mid "
+                          "noise, DPM-Solver++"),
 }
 
 _TINY = {"data": "fashion-mnist", "max_steps": 2, "batch_size": 8, "train_limit": 128,
@@ -156,6 +164,7 @@ def build(cfg: Config, run_dir=None) -> torch.nn.Module:
         x = sp["train"][0]
         cfg.classes = list(classes)
         cfg.channels, cfg.height, cfg.width = x.shape[1], x.shape[2], x.shape[3]
+    check_guidance_interval(cfg.guidance_interval)
     if cfg.height != cfg.width:
         raise ConfigError(f"image generation needs square images, got {cfg.height}x{cfg.width}; "
                          "set image_size=N to resize a folder's images")
@@ -163,6 +172,16 @@ def build(cfg: Config, run_dir=None) -> torch.nn.Module:
     mc.image_size, mc.channels = cfg.height, cfg.channels
     mc.n_classes = len(cfg.classes) if cfg.conditional else 0
     return MODELS[cfg.model][1](mc)
+
+
+def check_guidance_interval(interval) -> tuple[float, float] | None:
+    """(lo, hi) as the sampler takes it: None for (0, 1) (guidance at every step, the path
+    runs saved before the key took); ConfigError unless 0 <= lo <= hi <= 1."""
+    lo, hi = (float(v) for v in interval)
+    if not 0 <= lo <= hi <= 1:
+        raise ConfigError(f"guidance_interval={lo:g},{hi:g} is not an interval of t/T: give "
+                          "lo,hi with 0 <= lo <= hi <= 1 (0,1 = guidance at every step)")
+    return None if (lo, hi) == (0.0, 1.0) else (lo, hi)
 
 
 def _family(model) -> str:
@@ -247,15 +266,19 @@ def parse_label(cfg: Config, label) -> int:
 @torch.no_grad()
 def generate_images(model, cfg: Config, labels: torch.Tensor | None, n: int, steps: int | None = None,
                     guidance: float | None = None, seed: int = 0, batch_size: int = 250,
-                    sampler: str | None = None) -> torch.Tensor:
+                    sampler: str | None = None,
+                    guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
     """n images (n, C, H, W) in [0, 1], generated in batches with a fixed seed.
     `labels` (n,) for conditional models (None = unconditional / the null label); diffusion:
-    `sampler` and `steps` default to the run's `sampler` and `sample_steps`."""
+    `sampler`, `steps`, `guidance` and `guidance_interval` default to the run's `sampler`,
+    `sample_steps`, `guidance` and `guidance_interval`."""
     fam = _family(model)
     m = getattr(model, "_orig_mod", model)
     was_training = m.training
     m.eval()
     g = torch.Generator().manual_seed(seed)
+    interval = check_guidance_interval(cfg.guidance_interval if guidance_interval is None
+                                       else guidance_interval)
     out = []
     try:
         for i in range(0, n, batch_size):
@@ -264,7 +287,8 @@ def generate_images(model, cfg: Config, labels: torch.Tensor | None, n: int, ste
             if fam == "diffusion":
                 out.append(m.sample(k, yb, steps=steps or cfg.sample_steps or None,
                                     guidance=cfg.guidance if guidance is None else guidance,
-                                    generator=g, sampler=sampler or cfg.sampler).cpu())
+                                    generator=g, sampler=sampler or cfg.sampler,
+                                    guidance_interval=interval).cpu())
             else:
                 if fam == "vae" and m.cfg.n_classes and yb is None:
                     raise ValueError("the conditional VAE needs labels to sample")
@@ -288,11 +312,17 @@ def _default_labels(cfg: Config, n: int, label=None) -> torch.Tensor | None:
 
 
 def sample(model, cfg: Config, n: int = 64, label=None, guidance: float | None = None,
-           steps: int | None = None, seed: int = 0, sampler: str | None = None) -> torch.Tensor:
+           steps: int | None = None, seed: int = 0, sampler: str | None = None,
+           guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
     """Generate n images (n, C, H, W) in [0, 1]; `label` is a class name or index; diffusion:
-    `sampler` ddpm | ddim | dpm++ and its `steps` (None: the run's defaults)."""
-    if _family(model) != "diffusion" and (guidance is not None or steps is not None or sampler is not None):
-        raise ConfigError("--guidance, --steps and --sampler apply to diffusion models only")
+    `sampler` ddpm | ddim | dpm++ and its `steps`, `guidance` and `guidance_interval` (lo, hi)
+    (None: the run's defaults)."""
+    if _family(model) != "diffusion" and (guidance is not None or steps is not None or sampler is not None
+                                          or guidance_interval is not None):
+        raise ConfigError("--guidance, --guidance-interval, --steps and --sampler apply to "
+                          "diffusion models only")
+    if guidance_interval is not None:
+        check_guidance_interval(guidance_interval)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
     if _family(model) == "diffusion":  # a bad sampler/steps pair fails before any work
@@ -304,22 +334,23 @@ def sample(model, cfg: Config, n: int = 64, label=None, guidance: float | None =
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return generate_images(model, cfg, _default_labels(cfg, n, label), n, steps, guidance, seed,
-                           sampler=sampler)
+                           sampler=sampler, guidance_interval=guidance_interval)
 
 
 def cli_generate(model, cfg: Config, run_dir, n: int = 64, label=None, guidance: float | None = None,
                  steps: int | None = None, out=None, seed: int = 0, sampler: str | None = None,
-                 **unused) -> Path:
-    """`genforge generate RUN --n 64 [--label sneaker] [--guidance 3] [--sampler dpm++ --steps 15] --out grid.png`"""
+                 guidance_interval: tuple[float, float] | None = None, **unused) -> Path:
+    """`genforge generate RUN --n 64 [--label sneaker] [--guidance 3 --guidance-interval 0.1,0.6]
+    [--sampler dpm++ --steps 15] --out grid.png`"""
     if unused:
         raise ConfigError(f"options {', '.join('--' + k.replace('_', '-') for k in unused)} do not "
-                         "apply to image generation; use --n, --label, --guidance, --sampler, --steps, "
-                         "--seed, --out")
+                         "apply to image generation; use --n, --label, --guidance, --guidance-interval, "
+                         "--sampler, --steps, --seed, --out")
     if label is not None and cfg.conditional:  # say which class an index picked
         print(labels_lib.label_used(cfg.classes, label, parse_label(cfg, label)))
     t0 = time.perf_counter()
     images = sample(model, cfg, n=n, label=label, guidance=guidance, steps=steps, seed=seed,
-                    sampler=sampler)
+                    sampler=sampler, guidance_interval=guidance_interval)
     dt = time.perf_counter() - t0
     out = Path(out) if out else Path(run_dir) / "samples" / "generated.png"
     nrow = len(cfg.classes) if cfg.conditional and label is None and n >= len(cfg.classes) else 0
@@ -366,7 +397,8 @@ def _feature_classifier(path: str):
 
 def quality_metrics(model, cfg: Config, split: str = "test", n: int = 1000, seed: int = 0,
                     classifier: str = "", steps: int | None = None, guidance: float | None = None,
-                    sampler: str | None = None) -> dict:
+                    sampler: str | None = None,
+                    guidance_interval: tuple[float, float] | None = None) -> dict:
     """FID and IS analogue (genforge-classifier features) of n samples against n real images
     of `split`, and class-consistency for conditional models. Labels of the samples are
     balanced over the classes, as the data are."""
@@ -378,7 +410,8 @@ def quality_metrics(model, cfg: Config, split: str = "test", n: int = 1000, seed
     g = torch.Generator().manual_seed(SPLIT_SEED)
     real = x[torch.randperm(len(x), generator=g)[:n]].float() / 255.0
     labels = torch.arange(n) % len(cfg.classes) if cfg.conditional else None
-    fake = generate_images(model, cfg, labels, n, steps, guidance, seed, sampler=sampler)
+    fake = generate_images(model, cfg, labels, n, steps, guidance, seed, sampler=sampler,
+                           guidance_interval=guidance_interval)
     f_real, _ = clf.features_and_probs(real)
     f_fake, p_fake = clf.features_and_probs(fake)
     res = {"fid": fid_from_features(f_real, f_fake), "is": inception_score(p_fake)}
