@@ -333,6 +333,15 @@ def test_image_endpoint_sampler_field(runs):
         assert r.status_code in (400, 422) and "sampler" in r.text
         r = post(model="vae-mlp", sampler="dpm++")
         assert r.status_code == 400 and r.json()["error"]["param"] == "sampler"
+        r = post(model="diffusion", sampler="dpm++", steps=4, guidance=3, guidance_interval=[0.5, 1])
+        assert r.status_code == 200
+        assert r.json()["data"] != post(model="diffusion", sampler="dpm++", steps=4, guidance=3).json()["data"]
+        r = post(model="diffusion", guidance_interval=[0.8, 0.2])
+        assert r.status_code == 400 and "not an interval of t/T" in r.json()["error"]["message"]
+        r = post(model="diffusion", guidance_interval=[0.2, 1.5])
+        assert r.status_code in (400, 422) and "guidance_interval" in r.text
+        r = post(model="vae-mlp", guidance_interval=[0.2, 0.8])
+        assert r.status_code == 400 and r.json()["error"]["param"] == "guidance_interval"
 
 
 def test_playground_offers_the_runs_samplers_and_sends_the_choice(runs):

@@ -4,7 +4,7 @@ extensions are marked. Unknown fields are refused: a typo gets a 400 naming it, 
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,6 +80,8 @@ class ImageRequest(_Body):
     guidance: Optional[float] = Field(None, ge=0, le=50)
     steps: Optional[int] = Field(None, ge=1, le=1000)
     sampler: Optional[Literal["ddpm", "ddim", "dpm++"]] = None  # diffusion; None = the run's (dpm++)
+    # diffusion: guide only while t/T is in [lo, hi]; None = the run's
+    guidance_interval: Optional[tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]] = None
 
 
 class ClassificationRequest(_Body):

@@ -80,9 +80,10 @@ async def images(req: ImageRequest, request: Request):
     asked = {"guidance": req.guidance, "sampling-steps": req.steps}
     if any(value is not None and cap not in m.capabilities for cap, value in asked.items()):
         raise APIError(400, "guidance and steps apply to diffusion models only", param="guidance")
-    if req.sampler is not None and "sampler" not in m.capabilities:
-        raise APIError(400, f"sampler: {req.model} ({cfg.model}) has no choice of sampler; "
-                       "omit sampler (it applies to image-generate diffusion runs)", param="sampler")
+    for field in ("sampler", "guidance_interval"):
+        if getattr(req, field) is not None and "sampler" not in m.capabilities:
+            raise APIError(400, f"{field}: {req.model} ({cfg.model}) has no choice of {field.replace('_', ' ')}; "
+                           f"omit {field} (it applies to image-generate diffusion runs)", param=field)
     text_prompt = "text-prompt" in m.capabilities
     if text_prompt and not req.prompt.strip():
         raise APIError(400, "prompt: empty; describe the image, e.g. \"a pair of running shoes\"",
@@ -91,6 +92,8 @@ async def images(req: ImageRequest, request: Request):
     kw = {"prompt": req.prompt} if text_prompt else {"label": label}
     if req.sampler is not None:
         kw["sampler"] = req.sampler
+    if req.guidance_interval is not None:
+        kw["guidance_interval"] = req.guidance_interval
     seed = secrets.randbits(62) if req.seed is None else req.seed
 
     def work():
