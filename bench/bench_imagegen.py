@@ -233,11 +233,18 @@ def guidance_sweep(run: Path, clf_dir: Path, args) -> None:
     """FID / IS / class-consistency of one diffusion run at several guidance settings: each
     --guidances item is a scale G (guidance at every step, or at --guidance-interval's when
     given) or G:LO:HI (guidance only while t/T is in [LO, HI]). The last weights, as the table."""
+    settings = []  # (item, scale, interval), all checked before any work
+    for item in args.guidances.split(","):
+        try:
+            g, *interval = (float(v) for v in item.split(":"))
+        except ValueError:
+            interval = [None]
+        if len(interval) not in (0, 2):
+            sys.exit(f"--guidances: each item is G or G:LO:HI (numbers), got {item!r}")
+        settings.append((item, g, tuple(interval) if interval else args.guidance_interval))
     recipe, cfg, model = load_run(run, "last")
     rows = []
-    for item in args.guidances.split(","):
-        g, *interval = (float(v) for v in item.split(":"))
-        interval = tuple(interval) if interval else args.guidance_interval
+    for item, g, interval in settings:
         t0 = time.perf_counter()
         q = recipe.quality_metrics(model, cfg, args.split, n=args.n_eval, classifier=str(clf_dir),
                                    steps=args.steps, guidance=g, sampler=args.sampler,
@@ -305,8 +312,8 @@ def main() -> None:
     ap.add_argument("--step-rounds", type=int, default=3)
     ap.add_argument("--step-reps", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale "
-                    "(default: the run's; the diffusion-fashion preset's 1.75 had the lowest "
-                    "validation FID for a 20-minute run, see bench/README.md)")
+                    "(default: the run's; the diffusion-fashion preset's 2 for t/T in [0.2, 0.8] "
+                    "had the lowest validation FID for a 20-minute run, see bench/README.md)")
     ap.add_argument("--guidance-interval", type=parse_interval, default=None, metavar="LO,HI",
                     help="guide only while t/T is in [LO, HI] (0,1 = every step; default: the run's)")
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
@@ -314,7 +321,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sweep", default="", help="only evaluate this trained diffusion run at each "
                     "--guidances value (FID / IS / class-consistency vs guidance); needs --classifier")
-    ap.add_argument("--guidances", default="1.5,1.75,2,1.75:0.1:0.6",
+    ap.add_argument("--guidances", default="1.5,2,2:0.2:0.8",
                     help="--sweep: comma-separated G (a scale) or G:LO:HI (a scale and an interval of t/T)")
     ap.add_argument("--split", default="test", choices=["val", "test"],
                     help="--sweep: real images to compare with (val: choose the guidance without "
