@@ -222,9 +222,8 @@ def guidance_text(cfg, args) -> str:
 
 
 def parse_interval(text: str) -> tuple[float, float]:
-    lo, sep, hi = text.partition(",")
     try:
-        return float(lo), float(hi)
+        return C.parse_value(text, tuple[float, float])
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0.1,0.6), got {text!r}") from None
 

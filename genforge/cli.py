@@ -427,13 +427,13 @@ def generate(
         raise typer.BadParameter(f"--beams must be >= 1 (1 = greedy), got {beams}")
     interval = None
     if guidance_interval is not None:
+        from genforge.config import parse_value
+
         try:
-            interval = tuple(float(v) for v in guidance_interval.split(","))
+            interval = parse_value(guidance_interval, tuple[float, float])
         except ValueError:
-            interval = ()
-        if len(interval) != 2:
             raise typer.BadParameter(f"--guidance-interval takes LO,HI (two numbers, e.g. 0.1,0.6), "
-                                     f"got {guidance_interval!r}")
+                                     f"got {guidance_interval!r}") from None
     recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if not hasattr(recipe, "cli_generate"):
         raise typer.BadParameter(f"{run} ({cfg.model}) is not a generative model")

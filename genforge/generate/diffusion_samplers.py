@@ -61,6 +61,16 @@ def check_steps(sampler: str, steps: int, timesteps: int) -> None:
                          f"({timesteps} timesteps), got {steps}")
 
 
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """(lo, hi) as floats; ValueError unless 0 <= lo <= hi <= 1 (fractions of the timesteps)."""
+    lo, hi = (float(v) for v in interval)
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"guidance_interval={lo:g},{hi:g} is not an interval of t/T: "
+                         "guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1 (fractions "
+                         "of the timesteps; 0,1 = guidance at every step)")
+    return lo, hi
+
+
 def _alpha_sigma(abar: torch.Tensor, t: int) -> tuple[float, float]:
     """alpha_t, sigma_t as Python floats (float64); t = -1 is clean data (alpha 1, sigma 0)."""
     if t < 0:

@@ -321,10 +321,7 @@ class Diffusion(nn.Module):
             raise ValueError(f"eta applies to the ddim sampler only (ddpm is eta=1, dpm++ is "
                              f"deterministic), got eta={eta} with sampler {sampler!r}")
         if guidance_interval is not None:
-            lo, hi = guidance_interval
-            if not 0 <= lo <= hi <= 1:
-                raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo <= hi <= 1 "
-                                 f"(fractions of the timesteps), got {guidance_interval}")
+            lo, hi = S.check_guidance_interval(guidance_interval)
         dev = next(self.parameters()).device
         c = self.cfg
         x = torch.randn(n, c.channels, c.image_size, c.image_size, generator=generator).to(dev)

@@ -177,10 +177,10 @@ def build(cfg: Config, run_dir=None) -> torch.nn.Module:
 def check_guidance_interval(interval) -> tuple[float, float] | None:
     """(lo, hi) as the sampler takes it: None for (0, 1) (guidance at every step, the path
     runs saved before the key took); ConfigError unless 0 <= lo <= hi <= 1."""
-    lo, hi = (float(v) for v in interval)
-    if not 0 <= lo <= hi <= 1:
-        raise ConfigError(f"guidance_interval={lo:g},{hi:g} is not an interval of t/T: give "
-                          "lo,hi with 0 <= lo <= hi <= 1 (0,1 = guidance at every step)")
+    try:
+        lo, hi = diffusion_samplers.check_guidance_interval(interval)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return None if (lo, hi) == (0.0, 1.0) else (lo, hi)
 
 
@@ -321,8 +321,6 @@ def sample(model, cfg: Config, n: int = 64, label=None, guidance: float | None =
                                           or guidance_interval is not None):
         raise ConfigError("--guidance, --guidance-interval, --steps and --sampler apply to "
                           "diffusion models only")
-    if guidance_interval is not None:
-        check_guidance_interval(guidance_interval)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
     if _family(model) == "diffusion":  # a bad sampler/steps pair fails before any work
