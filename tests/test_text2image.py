@@ -40,7 +40,7 @@ def test_text_guidance_is_the_cfg_combination():
         x, t, text = torch.randn(3, 1, 28, 28), torch.tensor([3, 7, 11]), torch.randn(3, 6)
         e_c = m.net(x, t, None, text)
         e_u = m.net(x, t, None, m.net.null_text.expand(3, -1))
-        assert torch.allclose(m._guided_eps(x, t, None, 2.5, text), e_u + 2.5 * (e_c - e_u), atol=1e-5)
+        assert torch.allclose(m._guided(x, t, None, 2.5, text), e_u + 2.5 * (e_c - e_u), atol=1e-5)
         assert not torch.allclose(e_c, e_u)
 
 

@@ -5,7 +5,10 @@ conditioning with classifier-free guidance (Ho & Salimans 2022) and the DDIM sam
 Images live in [-1, 1] inside the model; `sample` returns [0, 1]. The network predicts the
 noise eps added by the forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), and
 the loss is the paper's "simple" objective ||eps - eps_theta(x_t, t)||^2 with t uniform
-(optionally Min-SNR weighted per timestep, `min_snr_gamma`).
+(optionally Min-SNR weighted per timestep, `min_snr_gamma`). With `prediction="v"` it predicts
+v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 instead (Salimans & Ho 2022), which stays
+well-conditioned at the noisiest timesteps, where recovering x_0 from an eps prediction
+divides by sqrt(abar_t) ~ 0.
 
 U-Net (sized for 28x28 on a CPU): sinusoidal time embedding -> MLP; per resolution a residual
 block (GroupNorm, SiLU, conv, + time/class embedding, conv), skip connections to the decoder,
@@ -202,6 +205,10 @@ class DiffusionConfig:
     # nearly noise-free timesteps, easy and conflicting with the rest, stop dominating the
     # gradient, which speeds up convergence; 0 = the plain unweighted objective
     min_snr_gamma: Annotated[float, "[0, inf)"] = 0.0
+    # what the network predicts: the noise ("eps", DDPM) or the velocity ("v", Salimans & Ho
+    # 2022). Min-SNR's weight is min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1)
+    # for v, the same weighting of the x_0 error either way
+    prediction: Literal["eps", "v"] = "eps"
     # > 0: conditioned on text vectors of this width (text2image recipe), with the null-text
     # vector dropped in at p_uncond for classifier-free guidance
     text_dim: Annotated[int, "[0, inf)"] = 0
@@ -219,6 +226,8 @@ class Diffusion(nn.Module):
                              f"{cfg.channel_mult}); use fewer levels or a smaller patch_size")
         if cfg.min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0 (0 = unweighted loss), got {cfg.min_snr_gamma}")
+        if cfg.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' (the noise) or 'v' (the velocity), got {cfg.prediction!r}")
         self.cfg = cfg
         self.net = UNet(cfg)
         betas = make_betas(cfg.schedule, cfg.timesteps)
@@ -240,7 +249,19 @@ class Diffusion(nn.Module):
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def eps(self, x, t, y=None, text=None):
-        return self.net(x, t, y, text)
+        """The model's noise estimate at x_t (converted from v for a v-prediction model)."""
+        out = self.net(x, t, y, text)
+        if self.cfg.prediction == "eps":
+            return out
+        ab = self._gather(self.abar, t)
+        return (1 - ab).sqrt() * x + ab.sqrt() * out
+
+    def _x0(self, x_t: torch.Tensor, out: torch.Tensor, t: int) -> torch.Tensor:
+        """x_0 from the network's output at the single timestep t."""
+        ab = float(self.abar[t])
+        if self.cfg.prediction == "v":
+            return math.sqrt(ab) * x_t - math.sqrt(1 - ab) * out
+        return (x_t - math.sqrt(1 - ab) * out) / math.sqrt(ab)
 
     def _text_or_null(self, text: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
         if not self.cfg.text_dim:
@@ -251,7 +272,8 @@ class Diffusion(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
                 text: torch.Tensor | None = None) -> dict:
         """x: (B, C, H, W) in [0, 1]; text (B, text_dim) for a text-conditioned model.
-        Returns {"loss": simple eps-MSE}."""
+        Returns {"loss": the simple MSE of the network's target (eps or v), Min-SNR weighted
+        when min_snr_gamma > 0}."""
         x0 = x * 2 - 1
         B = x0.shape[0]
         t = torch.randint(0, self.cfg.timesteps, (B,), device=x0.device)
@@ -269,16 +291,24 @@ class Diffusion(nn.Module):
             drop = torch.rand(B, device=x0.device) < self.cfg.p_uncond
             text = torch.where(drop[:, None], self.net.null_text.expand(B, -1), text)
         pred = self.net(self.q_sample(x0, t, noise), t, y, text)
+        v = self.cfg.prediction == "v"
+        if v:
+            ab = self._gather(self.abar, t)
+            target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        else:
+            target = noise
         if not self.cfg.min_snr_gamma:
-            return {"loss": F.mse_loss(pred, noise)}
-        err = (pred - noise).pow(2).mean(dim=(1, 2, 3))  # (B,) per-image eps MSE
+            return {"loss": F.mse_loss(pred, target)}
+        err = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,) per-image MSE of the target
         snr = self.abar[t] / (1 - self.abar[t])  # float64, (B,)
-        weight = (snr.clamp(max=self.cfg.min_snr_gamma) / snr).float()
-        return {"loss": (weight * err).mean(), "eps_mse": err.mean().detach()}
+        weight = (snr.clamp(max=self.cfg.min_snr_gamma) / (snr + 1 if v else snr)).float()
+        return {"loss": (weight * err).mean(), ("v_mse" if v else "eps_mse"): err.mean().detach()}
 
-    def _guided_eps(self, x, t, y, guidance: float, text=None):
-        """eps_u + w * (eps_c - eps_u); w = 1 is the plain conditional model, w = 0 the
-        unconditional one, w > 1 trades diversity for class fidelity."""
+    def _guided(self, x, t, y, guidance: float, text=None):
+        """The network's output (eps or v) guided: out_u + w * (out_c - out_u); w = 1 is the
+        plain conditional model, w = 0 the unconditional one, w > 1 trades diversity for class
+        fidelity. Both conversions to x_0 are linear in the output, so guiding v is guiding
+        eps."""
         if self.cfg.text_dim:
             null = self.net.null_text.expand(len(x), -1)
             if guidance == 1.0:
@@ -337,11 +367,10 @@ class Diffusion(nn.Module):
             if guidance_interval is not None and not lo <= t / T <= hi:
                 w = 1.0
             tt = torch.full((n,), t, device=dev, dtype=torch.long)
-            e = self._guided_eps(x_t, tt, y, w, text)
-            ab = float(self.abar[t])
+            out = self._guided(x_t, tt, y, w, text)
             # clipped to the data range (static thresholding); the solvers take x0, so every
             # sampler clips the same way (DPM-Solver++ is the data-prediction form for this)
-            return ((x_t - math.sqrt(1 - ab) * e) / math.sqrt(ab)).clamp(-1, 1)
+            return self._x0(x_t, out, t).clamp(-1, 1)
 
         if sampler == "dpm++":
             x = S.dpm_solver_pp_2m(x, predict_x0, self.abar, steps)
