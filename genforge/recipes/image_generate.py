@@ -110,9 +110,9 @@ PRESETS = {
                            "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_every": 1000,
                            "eval_batches": 20, "grad_clip": 1.0, "ema": 0.999,
                            "model.min_snr_gamma": 5.0, "model.schedule": "cosine",
-                           "guidance": 2.0, "guidance_interval": (0.2, 0.8)},
-                          "conditional DDPM U-Net, cosine schedule, classifier-free guidance at mid "
-                          "noise, DPM-Solver++"),
+                           "model.prediction": "v", "guidance": 1.75, "guidance_interval": (0.2, 0.8)},
+                          "conditional DDPM U-Net, v-prediction, cosine schedule, classifier-free "
+                          "guidance at mid noise, DPM-Solver++"),
 }
 
 _TINY = {"data": "fashion-mnist", "max_steps": 2, "batch_size": 8, "train_limit": 128,
