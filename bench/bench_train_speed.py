@@ -7,6 +7,13 @@ they share the machine's noise, each in its own process.
         Each round runs each program for --iters iterations; ms/iter is the median of the
         per-iteration times each program logs (after --skip warm-up iterations). `--full`
         adds one run of --full-iters (2000) iterations of each with its final val loss.
+  gpt-floor  where a faster GPT step would have to come from: each round runs genforge's
+        trainer and nanoGPT (--iters each, as `gpt`), then, in a fresh process, the same
+        model's step in a plain loop and the step's own matrix products replayed alone
+        (every aten.mm the step calls, same shapes and strides, new data; then with the
+        attention kernels too), with the step's FLOPs from torch's FlopCounterMode. The
+        replay is the time of the arithmetic alone, with nothing between the products: a
+        floor for any program that does this step's products with these kernels.
   cnn   the `cnn-fashion` preset through the trainer against a plain PyTorch loop over a
         `DataLoader` of the textbook network (conv-BN-ReLU-pool, nn.Dropout: the same
         parameters and function; same batch size, optimizer, augmentation off on both sides,
@@ -107,15 +114,25 @@ def run_genforge(iters: int, env: dict, out: Path, eval_batches: int,
     return times, vals[-1] if vals else None
 
 
-def part_gpt(a) -> None:
+def nanogpt_setup(a, part: str) -> tuple[Path, dict, Path] | None:
+    """(nanoGPT's folder, the environment both programs run in, a scratch folder holding
+    nanoGPT's data), or None after saying the part is skipped when --nanogpt is missing."""
     nano = Path(a.nanogpt) if a.nanogpt else None
     if nano is None or not (nano / "train.py").is_file():
-        print("\n### gpt: skipped\n\nnanoGPT not found: pass --nanogpt PATH to a local copy "
+        print(f"\n### {part}: skipped\n\nnanoGPT not found: pass --nanogpt PATH to a local copy "
               "(git clone https://github.com/karpathy/nanoGPT PATH)")
-        return
+        return None
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     work = Path(tempfile.mkdtemp(prefix="nanogpt-work-"))
     prepare_nanogpt_data(work)
+    return nano, env, work
+
+
+def part_gpt(a) -> None:
+    setup = nanogpt_setup(a, "gpt")
+    if setup is None:
+        return
+    nano, env, work = setup
 
     def pair(r: int, iters: int, decay_iters: int, eval_batches: int) -> dict:
         """One round: both programs, genforge first in even rounds -> {who: (times, val loss)}."""
@@ -152,6 +169,134 @@ def part_gpt(a) -> None:
             print(f"| {r + 1} ({'genforge' if r % 2 == 0 else 'nanoGPT'} first) | {mg:.1f} | {vg:.4f} | "
                   f"{mn:.1f} | {vn:.4f} | {mn / mg:.2f}x |", flush=True)
         print(f"\n{load()} at end")
+
+
+MM_OPS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default")
+ATTN_OPS = ("aten._scaled_dot_product_flash_attention_for_cpu.default",
+            "aten._scaled_dot_product_flash_attention_for_cpu_backward.default")
+
+
+def gpt_floor_one(a) -> dict:
+    """One process: the standard GPT step (genforge's model, fused AdamW, batch 12 x 64) in a
+    plain loop, its FLOPs, and its matrix products / attention kernels replayed alone."""
+    import json
+
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genforge.models.transformer import GPT as GPTModel, GPTConfig
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    V, B, T = 65, GPT["batch_size"], GPT["model.block_size"]
+    model = GPTModel(GPTConfig(vocab_size=V, block_size=T, n_layer=GPT["model.n_layer"],
+                          n_head=GPT["model.n_head"], n_embd=GPT["model.n_embd"], bias=False,
+                          tie_weights=True))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
+    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+
+    def step():
+        loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    calls: list = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if str(func) in MM_OPS + ATTN_OPS:
+                spec = [("T", tuple(t.shape), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else ("V", t)
+                        for t in args]
+                calls.append((func, spec, dict(kwargs)))
+            return func(*args, **kwargs)
+
+    for _ in range(3):
+        step()
+    with Record():
+        step()
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    mm_flops = sum(v for k, v in fc.get_flop_counts()["Global"].items() if str(k).startswith(("aten.mm", "aten.addmm", "aten.bmm")))
+
+    def materialise(spec):
+        out = []
+        for item in spec:
+            if item[0] == "T":
+                _, shape, stride, dtype = item
+                if dtype.is_floating_point:
+                    t = torch.empty_strided(shape, stride, dtype=dtype).normal_()
+                else:
+                    t = torch.empty_strided(shape, stride, dtype=dtype).zero_()
+                out.append(t)
+            else:
+                out.append(item[1])
+        return out
+
+    replays = {
+        "mm": [(f, materialise(sp), kw) for f, sp, kw in calls if str(f) in MM_OPS],
+        "mm+attn": [(f, materialise(sp), kw) for f, sp, kw in calls],
+    }
+
+    def timed(fn, n):
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(ts[a.skip:])
+
+    def replay(name):
+        def run():
+            for f, args, kw in replays[name]:
+                f(*args, **kw)
+        return run
+
+    n = max(a.iters, a.skip + 20)
+    res = {"step_ms": timed(step, n), "mm_ms": timed(replay("mm"), n), "mm_attn_ms": timed(replay("mm+attn"), n),
+           "gflop": flops / 1e9, "mm_gflop": mm_flops / 1e9, "n_mm": len(replays["mm"]),
+           "n_attn": len(replays["mm+attn"]) - len(replays["mm"])}
+    print(json.dumps(res))
+    return res
+
+
+def part_gpt_floor(a) -> None:
+    import json
+
+    setup = nanogpt_setup(a, "gpt-floor")
+    if setup is None:
+        return
+    nano, env, work = setup
+    print(f"\n### gpt-floor: the standard GPT step against the time of its own arithmetic, "
+          f"{a.iters} iterations per program per round (median after {a.skip})\n")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware(a.threads)}; {load()} at start\n")
+    print("| round | genforge ms/iter | nanoGPT ms/iter | nanoGPT / 1.3 | same model, plain loop | "
+          "its matrix products alone | products + attention kernels | step GFLOP/s | products' GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in range(a.rounds):
+        order = ["genforge", "nanogpt", "floor"] if r % 2 == 0 else ["floor", "nanogpt", "genforge"]
+        res = {}
+        for who in order:
+            if who == "genforge":
+                res[who] = statistics.median(run_genforge(a.iters, env, work / "gf", 1)[0][a.skip:])
+            elif who == "nanogpt":
+                res[who] = statistics.median(run_nanogpt(nano, work, a.iters, 2000, env, 1)[0][a.skip:])
+            else:
+                p = subprocess.run([sys.executable, __file__, "gpt-floor-one", "--threads", str(a.threads),
+                                    "--iters", str(a.iters), "--skip", str(a.skip)],
+                                   env=env, capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise SystemExit(f"gpt-floor-one failed:\n{p.stderr[-2000:]}")
+                res[who] = json.loads(p.stdout.strip().splitlines()[-1])
+        f = res["floor"]
+        print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {res['nanogpt'] / 1.3:.1f} | "
+              f"{f['step_ms']:.1f} | {f['mm_ms']:.1f} | {f['mm_attn_ms']:.1f} | "
+              f"{f['gflop'] / res['genforge'] * 1000:.0f} | {f['mm_gflop'] / f['mm_ms'] * 1000:.0f} |", flush=True)
+    print(f"\none step: {f['gflop']:.2f} GFLOP ({f['mm_gflop']:.2f} in {f['n_mm']} matrix products, "
+          f"{f['n_attn']} attention kernel calls); {load()} at end")
 
 
 def textbook_cnn(cfg) -> torch.nn.Module:
@@ -284,7 +429,7 @@ def part_cnn(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="+", choices=["gpt", "cnn", "cnn-one"],
+    ap.add_argument("parts", nargs="+", choices=["gpt", "gpt-floor", "gpt-floor-one", "cnn", "cnn-one"],
                     help="cnn-one: one cnn measurement (--who), the images/s printed last")
     ap.add_argument("--who", choices=["genforge", "textbook", "module"], default="genforge")
     ap.add_argument("--nanogpt", help="a local copy of github.com/karpathy/nanoGPT")
@@ -305,6 +450,10 @@ def main() -> None:
     a = ap.parse_args()
     if "gpt" in a.parts:
         part_gpt(a)
+    if "gpt-floor" in a.parts:
+        part_gpt_floor(a)
+    if "gpt-floor-one" in a.parts:
+        gpt_floor_one(a)
     if "cnn" in a.parts:
         part_cnn(a)
     if "cnn-one" in a.parts:
