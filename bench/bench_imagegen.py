@@ -311,8 +311,8 @@ def main() -> None:
     ap.add_argument("--step-rounds", type=int, default=3)
     ap.add_argument("--step-reps", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale "
-                    "(default: the run's; the diffusion-fashion preset's 2 for t/T in [0.2, 0.8] "
-                    "had the lowest validation FID for a 20-minute run, see bench/README.md)")
+                    "(default: the run's; the diffusion-fashion preset's 1.75 for t/T in [0.2, 0.8] "
+                    "had the lowest validation FID for a 20-minute v-prediction run, see bench/README.md)")
     ap.add_argument("--guidance-interval", type=parse_interval, default=None, metavar="LO,HI",
                     help="guide only while t/T is in [LO, HI] (0,1 = every step; default: the run's)")
     ap.add_argument("--out", default="runs/bench_imagegen", help="folder for the runs")
