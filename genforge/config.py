@@ -118,6 +118,10 @@ class TrainConfig:
     # tensors are copied by name and shape, the rest keep their fresh initialisation. A
     # language model also takes that run's model config and tokenizer
     init_from: str = ""
+    # init_from's tensors NOT to copy (comma-separated name prefixes or globs, e.g. `head`):
+    # they keep their fresh initialisation, as a classification head should when the new
+    # task's classes mean something else even though their count is the same
+    init_skip: str = ""
     # parameters that do not train: comma-separated name prefixes or globs, e.g. `features`
     # or `blocks.0.*,tok_emb`; a pattern matching no parameter is an error
     freeze: str = ""

@@ -58,6 +58,22 @@ def test_init_from_copies_and_reports(base, tmp_path):
     assert any(line.startswith("init_from") and "copied" in line for line in lines)
 
 
+def test_freeze_globs_on_a_language_model(base, tmp_path):
+    """freeze by glob and by prefix on a language model: the matched weights stay the
+    source's after training, the rest train."""
+    lines = []
+    cfg = make_config(LM, {**TRAIN, "init_from": str(base), "max_steps": 2, "lr": 1e-2,
+                           "freeze": "blocks.*.attn.*,tok_emb"})
+    _, model = fit_model("language-model", cfg, tmp_path / "ft", log=lines.append)
+    src = ckpt.load_run(base)[2].state_dict()
+    got = model.state_dict()
+    frozen = [n for n in got if n == "tok_emb.weight" or (n.startswith("blocks.") and ".attn." in n)]
+    assert len(frozen) == 5  # tok_emb + qkv and proj of both blocks
+    assert all(torch.equal(got[n], src[n]) for n in frozen)
+    assert not torch.equal(got["blocks.0.mlp.up.weight"], src["blocks.0.mlp.up.weight"])
+    assert any(line.startswith("freeze: 5 parameter tensors frozen") for line in lines)
+
+
 def test_init_from_other_architecture_and_missing_run(base, tmp_path):
     ic = get_recipe("image-classify")
     cfg = make_config(ic, {"model": "mlp", "data": "fashion-mnist", "train_limit": 64,
@@ -98,6 +114,36 @@ def test_head_rebuilt_when_shapes_differ_and_freeze(tmp_path):
     with pytest.raises(ConfigError, match="freeze pattern 'nothing.here' matches no parameter"):
         fit("image-classify", make_config(ic, {**common, "freeze": "nothing.here"}),
             tmp_path / "bad", **QUIET)
+
+
+def test_init_skip_keeps_a_same_sized_head_fresh(tmp_path):
+    """init_skip: tensors init_from would copy (same name and shape) keep their fresh init;
+    a pattern matching nothing, or init_skip without init_from, is one ConfigError."""
+    ic = get_recipe("image-classify")
+    common = {"model": "mlp", "data": "fashion-mnist", "train_limit": 64, "max_steps": 2,
+              "batch_size": 16, "eval_batches": 1, "plots": False, "model.hidden": (8,), "seed": 0}
+    fit("image-classify", make_config(ic, common), tmp_path / "src", **QUIET)
+    src = load_file(tmp_path / "src" / "best.safetensors")
+    head = [n for n in sorted(src) if n.startswith("net.2.")]
+    assert head and all(src[n].shape[0] == 10 for n in head)  # same class count: would be copied
+    lines = []
+    ft = {**common, "init_from": str(tmp_path / "src"), "init_skip": "net.2", "max_steps": 1, "lr": 0.0, "seed": 1}
+    _, model = fit_model("image-classify", make_config(ic, ft), tmp_path / "ft", log=lines.append)
+    report = next(line for line in lines if line.startswith("init_from"))
+    assert "kept freshly initialised (init_skip): net.2.weight, net.2.bias" in report
+    got = model.state_dict()
+    # the same run from scratch (no init_from; lr 0: one step that changes nothing): the
+    # seed's fresh initialisation
+    _, fresh = fit_model("image-classify", make_config(ic, {**common, "max_steps": 1, "lr": 0.0, "seed": 1}),
+                         tmp_path / "scratch", **QUIET)
+    assert torch.equal(got["net.0.weight"], src["net.0.weight"])  # copied
+    for n in head:  # not copied: the seed's fresh initialisation, as a model built from scratch
+        assert not torch.equal(got[n], src[n]) and torch.equal(got[n], fresh.state_dict()[n])
+    with pytest.raises(ConfigError, match="init_skip pattern 'nothing' matches no parameter"):
+        fit("image-classify", make_config(ic, {**ft, "init_skip": "nothing"}), tmp_path / "bad", **QUIET)
+    with pytest.raises(ConfigError, match="init_from is not set"):
+        fit("image-classify", make_config(ic, {**common, "init_skip": "net.2"}), tmp_path / "bad2", **QUIET)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
 
 
 def test_lora_trains_only_adapters_and_saves_only_them(base, tmp_path):

@@ -50,15 +50,41 @@ def source_weights(run: Path) -> Path:
     return weights_path(run, "best")
 
 
-def copy_matching(model: nn.Module, weights: Path, log: Callable[[str], None] = print) -> list[str]:
-    """Copy the tensors of `weights` into `model` by name and shape. Logs what was copied,
+def _matches(name: str, pat: str) -> bool:
+    """`pat` names `name` itself, a prefix of it ending at a dot boundary, or a glob over it."""
+    return name == pat or name.startswith(pat.rstrip(".") + ".") or fnmatch.fnmatchcase(name, pat)
+
+
+def _patterns(key: str, patterns: str, names: list[str]) -> dict[str, list[str]]:
+    """Each comma-separated pattern -> the names it matches; one matching nothing is an error."""
+    hits = {}
+    for pat in (p.strip() for p in patterns.split(",") if p.strip()):
+        hits[pat] = [n for n in names if _matches(n, pat)]
+        if not hits[pat]:
+            roots = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(f"{key} pattern {pat!r} matches no parameter; parameter names start "
+                              f"with: {', '.join(roots)} (e.g. {key}={roots[0]} or a glob like "
+                              f"'{roots[0]}.*')")
+    return hits
+
+
+def copy_matching(model: nn.Module, weights: Path, log: Callable[[str], None] = print,
+                  skip: str = "") -> list[str]:
+    """Copy the tensors of `weights` into `model` by name and shape, except those matching
+    `skip` (comma-separated name prefixes or globs: `init_skip`, e.g. a classification head
+    whose classes mean something else). Logs what was copied, kept fresh on request,
     re-initialised (not in the source) and skipped by shape; returns the names not copied.
     Nothing copied at all means another architecture: an error naming the unmatched tensors."""
-    copied, missing, shape_skipped = [], [], []
+    copied, missing, shape_skipped, kept_fresh = [], [], [], []
+    state_names = list(model.state_dict(keep_vars=True))
+    unwanted = {n for ns in _patterns("init_skip", skip, state_names).values() for n in ns}
     with safe_open(str(weights), framework="pt") as f:
         available = set(f.keys())
         with torch.no_grad():
             for names in _aliases(model):
+                if any(n in unwanted for n in names):
+                    kept_fresh.extend(names)
+                    continue
                 found = next((n for n in names if n in available), None)
                 target = model.state_dict(keep_vars=True)[names[0]]
                 if found is None:
@@ -79,25 +105,16 @@ def copy_matching(model: nn.Module, weights: Path, log: Callable[[str], None] = 
             + (f"; different shapes: {', '.join(shape_skipped[:8])}" if shape_skipped else "")
             + f"; it holds: {', '.join(theirs[:8])}{' ...' if len(theirs) > 8 else ''}")
     log(f"init_from {weights}: copied {len(copied)} tensors"
+        + (f"; kept freshly initialised (init_skip): {', '.join(kept_fresh)}" if kept_fresh else "")
         + (f"; re-initialised (not in the source): {', '.join(missing)}" if missing else "")
         + (f"; skipped by shape (freshly initialised): {', '.join(shape_skipped)}" if shape_skipped else ""))
-    return missing + [s.split(" ", 1)[0] for s in shape_skipped]
+    return kept_fresh + missing + [s.split(" ", 1)[0] for s in shape_skipped]
 
 
 def freeze(model: nn.Module, patterns: str, log: Callable[[str], None] = print) -> int:
     """Stop the parameters matching any of the comma-separated `patterns` (a name, a name
     prefix ending at a dot boundary, or a glob) from training. Returns how many froze."""
-    pats = [p.strip() for p in patterns.split(",") if p.strip()]
-    names = [n for n, _ in model.named_parameters()]
-    hits: dict[str, list[str]] = {}
-    for pat in pats:
-        hits[pat] = [n for n in names if n == pat or n.startswith(pat.rstrip(".") + ".")
-                     or fnmatch.fnmatchcase(n, pat)]
-        if not hits[pat]:
-            roots = sorted({n.split(".")[0] for n in names})
-            raise ConfigError(f"freeze pattern {pat!r} matches no parameter; parameter names start "
-                              f"with: {', '.join(roots)} (e.g. freeze={roots[0]} or a glob like "
-                              f"'{roots[0]}.*')")
+    hits = _patterns("freeze", patterns, [n for n, _ in model.named_parameters()])
     frozen = {n for ns in hits.values() for n in ns}
     for n, p in model.named_parameters():
         if n in frozen:
@@ -157,10 +174,13 @@ def prepare(model: nn.Module, cfg, run_dir: Path | None, fresh: bool,
         if lora_on and not cfg.init_from:
             raise ConfigError("lora_r > 0 trains adapters on a pretrained base: set init_from=RUN "
                               "(or init_from=smollm2), or lora_r=0 to train every weight")
+        if getattr(cfg, "init_skip", "") and not cfg.init_from:
+            raise ConfigError("init_skip names tensors not to copy from init_from, but init_from "
+                              "is not set: add init_from=RUN, or drop init_skip")
         not_copied: list[str] = []
         if cfg.init_from:
             weights = source_weights(resolve(cfg.init_from, log))
-            not_copied = copy_matching(model, weights, log)
+            not_copied = copy_matching(model, weights, log, getattr(cfg, "init_skip", ""))
         if lora_on:
             layers = lora.apply(model, s, keep_trainable=set(not_copied))
             n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
