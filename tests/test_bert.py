@@ -129,6 +129,20 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
         import_run(folder, tmp_path / "out")
 
 
+@needs_minilm
+def test_tokenizer_smaller_than_the_embedding_is_refused(tmp_path):
+    """MiniLM's weights with another model's 13-token vocab.txt: the ids would index the
+    wrong rows, so the import refuses it (a few unused padding rows are allowed)."""
+    folder = tmp_path / "foreign"
+    shutil.copytree(MINILM, folder, ignore=shutil.ignore_patterns("tokenizer.json", "vocab.txt"))
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the",
+                                                 "a", "film", "good", "bad", "is", "not", "."]) + "\n")
+    with pytest.raises(PretrainedError, match="13 tokens but the weights embed 30522; the tokenizer "
+                                              "belongs to another model"):
+        import_run(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_pooling_mean_ignores_padding_and_cls_reads_the_first_token():
     cfg = BertConfig(vocab_size=20, max_len=8, n_layer=1, n_head=2, d_model=8, intermediate=16,
                      dropout=0.0, normalize=False)

@@ -228,7 +228,7 @@ def test_bad_sources_give_one_clear_error(tmp_path):
         import_run(not_gguf, out)
     arch = tmp_path / "gpt2.gguf"
     _write_gguf(arch, "gpt2", {"token_embd.weight": np.zeros((4, 8), np.float32)})
-    with pytest.raises(PretrainedError, match="unsupported architecture 'gpt2'; supported: llama, mistral, qwen2"):
+    with pytest.raises(PretrainedError, match="unsupported architecture 'gpt2'; `genforge import` takes decoder LLMs of the llama, mistral, qwen2 families and BERT encoders"):
         import_run(arch, out)
     truncated = tmp_path / "short.gguf"
     truncated.write_bytes(arch.read_bytes()[:-40])

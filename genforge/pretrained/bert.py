@@ -159,10 +159,16 @@ def _tokenizer(folder: Path, cfg: BertConfig, where: str):
     tok.no_padding()
     tok.no_truncation()
     n = tok.get_vocab_size(with_added_tokens=True)
+    own = ("the tokenizer belongs to another model (put the checkpoint's own tokenizer.json / "
+           "vocab.txt in the folder)")
     if n > cfg.vocab_size:
         raise PretrainedError(f"{where}: the tokenizer has {n} tokens but the weights embed only "
-                              f"{cfg.vocab_size}; the tokenizer belongs to another model (put the "
-                              "checkpoint's own tokenizer.json / vocab.txt in the folder)")
+                              f"{cfg.vocab_size}; {own}")
+    # fewer tokens than embedding rows: only as padding of the table to a round size (at most
+    # 63 unused rows); more unused rows mean the ids would index another vocabulary's rows
+    if cfg.vocab_size - n >= 64:
+        raise PretrainedError(f"{where}: the tokenizer has {n} tokens but the weights embed "
+                              f"{cfg.vocab_size}; {own}")
     if tok.token_to_id("[CLS]") is None or tok.token_to_id("[SEP]") is None:
         raise PretrainedError(f"{where}: the tokenizer has no [CLS]/[SEP] tokens; not a BERT tokenizer")
     return tok

@@ -29,8 +29,9 @@ ARCHITECTURES = {
 
 def check_architecture(name: str, where: str) -> str:
     if name not in ARCHITECTURES:
-        raise PretrainedError(f"{where}: unsupported architecture {name!r}; supported: "
-                              f"{', '.join(ARCHITECTURES)}")
+        raise PretrainedError(f"{where}: unsupported architecture {name!r}; `genforge import` "
+                              f"takes decoder LLMs of the {', '.join(ARCHITECTURES)} families and "
+                              "BERT encoders (model_type bert, e.g. sentence-transformers' MiniLM)")
     return name
 
 
