@@ -173,6 +173,9 @@ def train(
                                 "another --out (nothing was overwritten)")
     _check_data_name(cfg.data)
     if nproc > 1:
+        from genforge.train.trainer import check_data_parallel
+
+        check_data_parallel(rname)  # before any process starts
         raise typer.Exit(_launch_torchrun(nproc, run_dir, out is None and resume is None))
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 alone talks
     if main_rank:
@@ -666,7 +669,7 @@ def embed(
         raise typer.BadParameter("--batch-size must be at least 1")
     recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if getattr(recipe, "TASK", None) != "embedding":
-        raise typer.BadParameter(f"{run} is a {recipe.__name__.rsplit('.', 1)[-1]} run, not an "
+        raise typer.BadParameter(f"{run} is a {recipe.__name__.rsplit('.', 1)[-1].replace('_', '-')} run, not an "
                                  "embedding run (genforge import minilm --out runs/minilm)")
     vectors = recipe.embed(model, cfg, items, batch_size=batch_size)["vectors"].numpy()
     if out is None:

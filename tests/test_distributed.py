@@ -266,6 +266,16 @@ def test_cli_nproc_launches_torchrun_and_resumes_single_process(tmp_path):
     assert "resumed" in p.stdout and "global batch was 8" not in p.stdout
 
 
+def test_cli_nproc_refuses_a_recipe_that_cannot_split_its_batches_before_launching(tmp_path):
+    """An RL recipe under --nproc: one error from the launcher, no torchrun, nothing written."""
+    p = subprocess.run([sys.executable, "-m", "genforge", "train", "dqn-cartpole", "--nproc", "2",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert out.count("cannot train data-parallel") == 1, out
+    assert "launching" not in out and "Traceback" not in out and not (tmp_path / "run").exists()
+
+
 def test_gpu_policy_is_bf16_only_where_supported_and_cpu_stays_fp32():
     """The CUDA path (bf16 autocast where the GPU has it, TF32, pinned copies) is decided in
     genforge/train/device.py; what can be checked without a GPU is the policy itself."""

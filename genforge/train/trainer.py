@@ -134,14 +134,21 @@ _NOT_DATA_PARALLEL = {"reinforce": "its batches come from acting in environments
                                    "agent, not from a dataset that can be split across processes"}
 
 
+def check_data_parallel(recipe_name: str) -> None:
+    """One ConfigError for a recipe that cannot train over several processes (the CLI asks
+    before it launches torchrun, so the refusal comes once, not once per rank)."""
+    if recipe_name in _NOT_DATA_PARALLEL:
+        raise C.ConfigError(f"the {recipe_name} recipe cannot train data-parallel: "
+                            f"{_NOT_DATA_PARALLEL[recipe_name]}; train it as one process "
+                            "(without --nproc/torchrun)")
+
+
 def _fit_model(recipe_name: str, cfg: C.TrainConfig, out_dir: Path, resume: bool,
                stop_at: int | None, log: Callable[[str], None],
                d: distributed.Dist = distributed.SINGLE) -> tuple[Path, torch.nn.Module]:
     recipe = get_recipe(recipe_name)
-    if d.enabled and recipe_name in _NOT_DATA_PARALLEL:
-        raise C.ConfigError(f"the {recipe_name} recipe cannot train data-parallel: "
-                            f"{_NOT_DATA_PARALLEL[recipe_name]}; train it as one process "
-                            "(without --nproc/torchrun)")
+    if d.enabled:
+        check_data_parallel(recipe_name)
     if not d.is_main:
         distributed.barrier(d)  # rank 0 checks, cleans and writes the run directory first
         # ... and its config.json, with what building filled in (a vocabulary size; the model
