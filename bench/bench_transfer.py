@@ -145,23 +145,50 @@ def part_c(n: int, rounds: int) -> None:
               f"min {c.min():.5f}")
 
 
+def _mean_line(what: str, rows: list[list[float]], a: str, b: str) -> str:
+    """'what: a mean X% (sd), b mean Y% (sd); b higher in k of n seeds' over rows of [a, b]."""
+    def ms(v):
+        return f"{100 * statistics.mean(v):.2f}%" + (f" (sd {100 * statistics.stdev(v):.2f})" if len(v) > 1 else "")
+    xa, xb = [r[0] for r in rows], [r[1] for r in rows]
+    wins = sum(y > x for x, y in rows)
+    return f"{what}: {a} mean {ms(xa)}, {b} mean {ms(xb)}; {b} higher in {wins} of {len(rows)} seeds"
+
+
 def part_d(tmp: Path, seeds: int, pre_steps: int, steps: int) -> None:
     base = {"model": "cnn", "batch_size": 32, "lr": 2e-3, "model.channels": (16, 32),
             "model.dense": 64, "eval_batches": 0, "schedule": "constant"}
     _, _, _, mins, _ = _train("image-classify", {**base, "data": "fashion-mnist", "max_steps": pre_steps},
                            tmp / "fmnist")
+    pre = str(tmp / "fmnist")
+    # from scratch, then three starts from the Fashion-MNIST run: every tensor copied (the
+    # 10-way output layer too: same shape, but its classes are garments), the output layer
+    # re-initialised (init_skip=head.5, the usual "new top"), and that with the convolution
+    # stages frozen as well (their BatchNorm statistics still follow MNIST)
+    variants = {"from scratch": {}, "every layer copied": {"init_from": pre},
+                "new output layer": {"init_from": pre, "init_skip": "head.5"},
+                "new output layer, convolutions frozen": {"init_from": pre, "init_skip": "head.5",
+                                                          "freeze": "features"}}
     print(f"\n### (d) transfer curve: Fashion-MNIST CNN ({pre_steps} steps, {mins:.1f} min) -> MNIST, "
-          f"{steps} steps each\n")
-    print("| MNIST training images | seed | from scratch | fine-tuned from Fashion-MNIST |\n|---|---|---|---|")
+          f"{steps} steps each, test accuracy\n")
+    print("| MNIST training images | seed | " + " | ".join(variants) + " |\n|---|---|"
+          + "---|" * len(variants))
+    summary = []
     for n in (100, 1000):
+        rows = []
         for seed in range(seeds):
             accs = []
-            for init in ("", str(tmp / "fmnist")):
+            for i, over in enumerate(variants.values()):
                 r, cfg, m, *_ = _train("image-classify", {**base, "data": "mnist", "train_limit": n,
-                                                         "max_steps": steps, "seed": seed,
-                                                         "init_from": init}, tmp / f"d{n}-{seed}-{bool(init)}")
+                                                         "max_steps": steps, "seed": seed, **over},
+                                       tmp / f"d{n}-{seed}-{i}")
                 accs.append(_test_acc(r, cfg, m))
-            print(f"| {n} (~{n // 10}/class) | {seed} | {100 * accs[0]:.1f}% | {100 * accs[1]:.1f}% |", flush=True)
+            rows.append(accs)
+            print(f"| {n} (~{n // 10}/class) | {seed} | "
+                  + " | ".join(f"{100 * x:.1f}%" for x in accs) + " |", flush=True)
+        names = list(variants)
+        summary += [_mean_line(f"{n} images", [[r[0], r[i]] for r in rows], names[0], names[i])
+                    for i in range(1, len(names))]
+    print("\n" + "\n".join(summary))
 
 
 def part_e(tmp: Path, seeds: int, epochs: float) -> None:
@@ -170,13 +197,16 @@ def part_e(tmp: Path, seeds: int, epochs: float) -> None:
           f"{epochs:g} epochs (word2vec: {wmins:.1f} min)\n")
     print("| seed | random init | word2vec init |\n|---|---|---|")
     common = {"model.emb_dim": wcfg.model_cfg.dim, "epochs": epochs}
+    rows = []
     for seed in range(seeds):
         accs = []
         for init in ("", str(tmp / "w2v")):
             r, cfg, m, *_ = _train("cnn-rt-polarity", {**common, "seed": seed, "init_embeddings": init},
                                   tmp / f"e{seed}-{bool(init)}")
             accs.append(_test_acc(r, cfg, m))
+        rows.append(accs)
         print(f"| {seed} | {100 * accs[0]:.1f}% | {100 * accs[1]:.1f}% |", flush=True)
+    print("\n" + _mean_line("rt-polarity test", rows, "random init", "word2vec init"))
 
 
 def main() -> None:
