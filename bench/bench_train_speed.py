@@ -9,7 +9,9 @@ they share the machine's noise, each in its own process.
         adds one run of --full-iters (2000) iterations of each with its final val loss.
   gpt-floor  where a faster GPT step would have to come from: each round runs genforge's
         trainer and nanoGPT (--iters each, as `gpt`), then, in a fresh process, the same
-        model's step in a plain loop and the step's own matrix products replayed alone
+        model's step in a plain loop, nanoGPT's own model and optimizer (its model.py,
+        configure_optimizers) in the same kind of loop, the two alternating in chunks, and
+        the genforge step's own matrix products replayed alone
         (every aten.mm the step calls, same shapes and strides, new data; then with the
         attention kernels too), with the step's FLOPs from torch's FlopCounterMode. The
         replay is the time of the arithmetic alone, with nothing between the products: a
@@ -200,18 +202,25 @@ def gpt_floor_one(a) -> dict:
         loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+
+    nano_step = _nanogpt_step(a.nanogpt, V, B, T) if a.nanogpt else None
 
     calls: list = []
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if str(func) in MM_OPS + ATTN_OPS:
-                spec = [("T", tuple(t.shape), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else ("V", t)
-                        for t in args]
-                calls.append((func, spec, dict(kwargs)))
+            calls.append((func, describe(args), dict(kwargs)))
             return func(*args, **kwargs)
+
+    def describe(item):
+        if isinstance(item, torch.Tensor):
+            return ("T", tuple(item.shape), item.stride(), item.dtype)
+        if isinstance(item, (list, tuple)):
+            return ("L", [describe(t) for t in item], type(item))
+        return ("V", item)
 
     for _ in range(3):
         step()
@@ -222,23 +231,32 @@ def gpt_floor_one(a) -> dict:
     flops = fc.get_total_flops()
     mm_flops = sum(v for k, v in fc.get_flop_counts()["Global"].items() if str(k).startswith(("aten.mm", "aten.addmm", "aten.bmm")))
 
-    def materialise(spec):
+    def materialise(item):
+        if item[0] == "T":
+            _, shape, stride, dtype = item
+            t = torch.empty_strided(shape, stride, dtype=dtype)
+            if dtype.is_floating_point:
+                return t.normal_()
+            return t.fill_(1) if dtype == torch.bool else t.zero_()
+        if item[0] == "L":
+            return item[2](materialise(t) for t in item[1])
+        return item[1]
+
+    def playable(calls):
         out = []
-        for item in spec:
-            if item[0] == "T":
-                _, shape, stride, dtype = item
-                if dtype.is_floating_point:
-                    t = torch.empty_strided(shape, stride, dtype=dtype).normal_()
-                else:
-                    t = torch.empty_strided(shape, stride, dtype=dtype).zero_()
-                out.append(t)
-            else:
-                out.append(item[1])
+        for f, sp, kw in calls:
+            args = list(materialise(sp))
+            try:  # an op whose random inputs it refuses is left out (counted below)
+                f(*args, **kw)
+            except Exception:
+                continue
+            out.append((f, args, kw))
         return out
 
+    kernels = [c for c in calls if str(c[0]) in MM_OPS + ATTN_OPS]
     replays = {
-        "mm": [(f, materialise(sp), kw) for f, sp, kw in calls if str(f) in MM_OPS],
-        "mm+attn": [(f, materialise(sp), kw) for f, sp, kw in calls],
+        "mm": playable([c for c in kernels if str(c[0]) in MM_OPS]),
+        "mm+attn": playable(kernels),
     }
 
     def timed(fn, n):
@@ -256,11 +274,50 @@ def gpt_floor_one(a) -> dict:
         return run
 
     n = max(a.iters, a.skip + 20)
-    res = {"step_ms": timed(step, n), "mm_ms": timed(replay("mm"), n), "mm_attn_ms": timed(replay("mm+attn"), n),
+    # the two programs' steps alternate in chunks, so they share this process's noise
+    steps = {"genforge": [], "nanogpt": []}
+    for _ in range(5):
+        steps["genforge"].append(timed(step, max(n // 5, a.skip + 5)))
+        if nano_step is not None:
+            steps["nanogpt"].append(timed(nano_step, max(n // 5, a.skip + 5)))
+    res = {"step_ms": statistics.median(steps["genforge"]),
+           "nano_step_ms": statistics.median(steps["nanogpt"]) if nano_step else float("nan"),
+           "mm_ms": timed(replay("mm"), n), "mm_attn_ms": timed(replay("mm+attn"), n),
            "gflop": flops / 1e9, "mm_gflop": mm_flops / 1e9, "n_mm": len(replays["mm"]),
            "n_attn": len(replays["mm+attn"]) - len(replays["mm"])}
     print(json.dumps(res))
     return res
+
+
+def _nanogpt_step(nano: str, V: int, B: int, T: int):
+    """nanoGPT's own training step for the standard config, as its train.py runs it on the CPU
+    in fp32: its GPT (model.py), its configure_optimizers (AdamW; fused only on CUDA), grad
+    clip 1.0, zero_grad(set_to_none=True). None when the copy has no model.py."""
+    import contextlib
+    import importlib.util
+    import io
+
+    path = Path(nano) / "model.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter counts
+        model = mod.GPT(mod.GPTConfig(block_size=T, vocab_size=V, n_layer=GPT["model.n_layer"],
+                                      n_head=GPT["model.n_head"], n_embd=GPT["model.n_embd"],
+                                      dropout=0.0, bias=False))
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
 
 
 def part_gpt_floor(a) -> None:
@@ -273,9 +330,10 @@ def part_gpt_floor(a) -> None:
     print(f"\n### gpt-floor: the standard GPT step against the time of its own arithmetic, "
           f"{a.iters} iterations per program per round (median after {a.skip})\n")
     print(f"{time.strftime('%Y-%m-%d %H:%M')}; {hardware(a.threads)}; {load()} at start\n")
-    print("| round | genforge ms/iter | nanoGPT ms/iter | nanoGPT / 1.3 | same model, plain loop | "
-          "its matrix products alone | products + attention kernels | step GFLOP/s | products' GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| round | genforge trainer | nanoGPT train.py | train.py / trainer | genforge step, plain loop "
+          "| nanoGPT step, plain loop | nanoGPT / genforge, plain loops | matrix products alone | "
+          "+ attention kernels | nanoGPT train.py / (products + attention) | products' GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in range(a.rounds):
         order = ["genforge", "nanogpt", "floor"] if r % 2 == 0 else ["floor", "nanogpt", "genforge"]
         res = {}
@@ -286,17 +344,18 @@ def part_gpt_floor(a) -> None:
                 res[who] = statistics.median(run_nanogpt(nano, work, a.iters, 2000, env, 1)[0][a.skip:])
             else:
                 p = subprocess.run([sys.executable, __file__, "gpt-floor-one", "--threads", str(a.threads),
-                                    "--iters", str(a.iters), "--skip", str(a.skip)],
+                                    "--iters", str(a.iters), "--skip", str(a.skip), "--nanogpt", str(nano)],
                                    env=env, capture_output=True, text=True)
                 if p.returncode != 0:
                     raise SystemExit(f"gpt-floor-one failed:\n{p.stderr[-2000:]}")
                 res[who] = json.loads(p.stdout.strip().splitlines()[-1])
         f = res["floor"]
-        print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {res['nanogpt'] / 1.3:.1f} | "
-              f"{f['step_ms']:.1f} | {f['mm_ms']:.1f} | {f['mm_attn_ms']:.1f} | "
-              f"{f['gflop'] / res['genforge'] * 1000:.0f} | {f['mm_gflop'] / f['mm_ms'] * 1000:.0f} |", flush=True)
-    print(f"\none step: {f['gflop']:.2f} GFLOP ({f['mm_gflop']:.2f} in {f['n_mm']} matrix products, "
-          f"{f['n_attn']} attention kernel calls); {load()} at end")
+        print(f"| {r + 1} | {res['genforge']:.1f} | {res['nanogpt']:.1f} | {res['nanogpt'] / res['genforge']:.2f}x | "
+              f"{f['step_ms']:.1f} | {f['nano_step_ms']:.1f} | {f['nano_step_ms'] / f['step_ms']:.2f}x | "
+              f"{f['mm_ms']:.1f} | {f['mm_attn_ms']:.1f} | {res['nanogpt'] / f['mm_attn_ms']:.2f}x | "
+              f"{f['mm_gflop'] / f['mm_ms'] * 1000:.0f} |", flush=True)
+    print(f"\nms per iteration (ratios: x). One step: {f['gflop']:.2f} GFLOP ({f['mm_gflop']:.2f} in "
+          f"{f['n_mm']} matrix products, {f['n_attn']} attention kernel calls); {load()} at end")
 
 
 def textbook_cnn(cfg) -> torch.nn.Module:
