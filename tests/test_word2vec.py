@@ -117,6 +117,12 @@ def test_embed_and_eval_on_run(w2v_run, capsys):
     res = CliRunner().invoke(app, ["eval", str(w2v_run)])
     assert res.exit_code == 0, res.output
     assert "nearest neighbours" in res.output and "cat:" in res.output
+    # `genforge embed` on the run: the same vectors as recipe.embed, written as .npy
+    import numpy as np
+
+    res = CliRunner().invoke(app, ["embed", str(w2v_run), "cat", "the cat", "--out", str(w2v_run.parent / "v.npy")])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(np.load(w2v_run.parent / "v.npy"), v[:2].numpy(), rtol=0, atol=1e-6)
 
 
 def test_init_embeddings_copies_rows(w2v_run, corpus, tmp_path, capsys):
