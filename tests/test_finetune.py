@@ -141,9 +141,11 @@ def test_init_skip_keeps_a_same_sized_head_fresh(tmp_path):
         assert not torch.equal(got[n], src[n]) and torch.equal(got[n], fresh.state_dict()[n])
     with pytest.raises(ConfigError, match="init_skip pattern 'nothing' matches no parameter"):
         fit("image-classify", make_config(ic, {**ft, "init_skip": "nothing"}), tmp_path / "bad", **QUIET)
+    with pytest.raises(ConfigError, match="matches every tensor of the model"):
+        fit("image-classify", make_config(ic, {**ft, "init_skip": "net"}), tmp_path / "bad3", **QUIET)
     with pytest.raises(ConfigError, match="init_from is not set"):
         fit("image-classify", make_config(ic, {**common, "init_skip": "net.2"}), tmp_path / "bad2", **QUIET)
-    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+    assert not any((tmp_path / b).exists() for b in ("bad", "bad2", "bad3"))
 
 
 def test_lora_trains_only_adapters_and_saves_only_them(base, tmp_path):

@@ -97,6 +97,9 @@ def copy_matching(model: nn.Module, weights: Path, log: Callable[[str], None] = 
                     continue
                 target.copy_(f.get_tensor(found).to(target.dtype))
                 copied.extend(names)
+    if not copied and kept_fresh and not missing and not shape_skipped:
+        raise ConfigError(f"init_skip={skip!r} matches every tensor of the model, so init_from copies "
+                          "nothing; narrow init_skip (e.g. to the output layer) or drop init_from")
     if not copied:
         theirs = sorted(available)
         raise ConfigError(
