@@ -120,5 +120,5 @@ def test_wrong_shapes_and_architectures_are_named(tmp_path):
     with pytest.raises(PretrainedError, match="missing: .*model.layers.2"):
         load_folder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**d, "model_type": "gpt_neox"}))
-    with pytest.raises(PretrainedError, match="'gpt_neox'.*supported: llama, mistral, qwen2"):
+    with pytest.raises(PretrainedError, match="'gpt_neox'.*decoder LLMs of the llama, mistral, qwen2 families"):
         load_folder(tmp_path)
