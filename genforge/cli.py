@@ -473,11 +473,12 @@ def chat(
     message per line from stdin when it is not a terminal (answers are printed)."""
     from genforge.generate.chat import ChatSession, load_chat_template
     from genforge.generate.sampling import SamplingConfig
+    from genforge.recipes import recipe_name
     from genforge.train.checkpoint import load_run
 
     recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if getattr(recipe, "TASK", None) != "text-generation":
-        raise typer.BadParameter(f"{run} is not a language model ({recipe.__name__.rsplit('.', 1)[-1]} run)")
+        raise typer.BadParameter(f"{run} is not a language model ({recipe_name(recipe)} run)")
     tokenizer = recipe.tokenizer(cfg, run)
     sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
                               top_p=top_p, seed=seed)
@@ -658,6 +659,7 @@ def embed(
     checkpoint: str = typer.Option("best", help="best or last"),
 ) -> None:
     """Embed texts as vectors (one per text, in order)."""
+    from genforge.recipes import recipe_name
     from genforge.train.checkpoint import load_run
 
     items = list(texts or [])
@@ -669,7 +671,7 @@ def embed(
         raise typer.BadParameter("--batch-size must be at least 1")
     recipe, cfg, model = load_run(run, checkpoint, quantize=quantize)
     if getattr(recipe, "TASK", None) != "embedding":
-        raise typer.BadParameter(f"{run} is a {recipe.__name__.rsplit('.', 1)[-1].replace('_', '-')} run, not an "
+        raise typer.BadParameter(f"{run} is a {recipe_name(recipe)} run, not an "
                                  "embedding run (genforge import minilm --out runs/minilm)")
     vectors = recipe.embed(model, cfg, items, batch_size=batch_size)["vectors"].numpy()
     if out is None:

@@ -553,7 +553,9 @@ def format_keys(name: str, recipe: Any, preset: dict[str, Any] | None = None) ->
         changed = {k for k, v in flat_items(cfg) if base.get(k) != v}
         if cfg.model != recipe.Config().model:
             changed.add("model")
-    title = f"preset {name} (recipe {recipe.__name__.rsplit('.', 1)[-1].replace('_', '-')})" \
+    from genforge.recipes import recipe_name  # here: the registry's recipes import this module
+
+    title = f"preset {name} (recipe {recipe_name(recipe)})" \
         if preset else f"recipe {name}"
     example = field_names(cfg.model_cfg)[0]
     lines = [f"config keys of {title}; set any with --set KEY=VALUE (repeatable), e.g.",

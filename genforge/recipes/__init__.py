@@ -33,6 +33,12 @@ class UnknownRecipe(KeyError):
         return str(self.args[0])
 
 
+def recipe_name(recipe: ModuleType) -> str:
+    """A recipe module's registry name, as the CLI spells it (`image-classify`)."""
+    return next((n for n, path in RECIPES.items() if path == recipe.__name__),
+                recipe.__name__.rsplit(".", 1)[-1].replace("_", "-"))
+
+
 def get_recipe(name: str) -> ModuleType:
     if name not in RECIPES:
         from genforge.config import did_you_mean

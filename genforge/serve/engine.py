@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import torch
 
+from genforge.recipes import recipe_name
 from genforge.serve.batching import BatchedStream, ContinuousBatcher
 from genforge.serve.errors import APIError
 from genforge.train.checkpoint import RunError, load_run, read_config
@@ -84,7 +85,7 @@ def load_models(run_dirs: list[str | Path], which: str = "best", device: str = "
         task = getattr(recipe, "TASK", None)
         recipe, cfg, model = load_run(rd, which, device,
                                       quantize=quantize if task in QUANTIZED_TASKS else None)
-        rname = recipe.__name__.rsplit(".", 1)[-1].replace("_", "-")
+        rname = recipe_name(recipe)
         if task not in TASKS:
             raise RunError(f"{rd} is a {rname} run, which the server cannot serve; serve text "
                            "generation, image generation or classifier runs")
