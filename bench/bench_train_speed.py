@@ -179,8 +179,9 @@ ATTN_OPS = ("aten._scaled_dot_product_flash_attention_for_cpu.default",
 
 
 def gpt_floor_one(a) -> dict:
-    """One process: the standard GPT step (genforge's model, fused AdamW, batch 12 x 64) in a
-    plain loop, its FLOPs, and its matrix products / attention kernels replayed alone."""
+    """One process: the standard GPT step (genforge's model, clip 1.0, fused AdamW, batch
+    12 x 64) and nanoGPT's own step in plain loops, alternating in chunks; the step's FLOPs;
+    its matrix products / attention kernels replayed alone."""
     import json
 
     import torch.nn.functional as F
@@ -212,15 +213,11 @@ def gpt_floor_one(a) -> dict:
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            calls.append((func, describe(args), dict(kwargs)))
+            if str(func) in MM_OPS + ATTN_OPS:
+                spec = [("T", tuple(t.shape), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else ("V", t)
+                        for t in args]
+                calls.append((func, spec, dict(kwargs)))
             return func(*args, **kwargs)
-
-    def describe(item):
-        if isinstance(item, torch.Tensor):
-            return ("T", tuple(item.shape), item.stride(), item.dtype)
-        if isinstance(item, (list, tuple)):
-            return ("L", [describe(t) for t in item], type(item))
-        return ("V", item)
 
     for _ in range(3):
         step()
@@ -231,29 +228,20 @@ def gpt_floor_one(a) -> dict:
     flops = fc.get_total_flops()
     mm_flops = sum(v for k, v in fc.get_flop_counts()["Global"].items() if str(k).startswith(("aten.mm", "aten.addmm", "aten.bmm")))
 
-    def materialise(item):
-        if item[0] == "T":
-            _, shape, stride, dtype = item
-            t = torch.empty_strided(shape, stride, dtype=dtype)
-            if dtype.is_floating_point:
-                return t.normal_()
-            return t.fill_(1) if dtype == torch.bool else t.zero_()
-        if item[0] == "L":
-            return item[2](materialise(t) for t in item[1])
-        return item[1]
-
-    def playable(calls):
+    def materialise(spec):
         out = []
-        for f, sp, kw in calls:
-            args = list(materialise(sp))
-            f(*args, **kw)  # once, before the timing
-            out.append((f, args, kw))
+        for item in spec:
+            if item[0] == "T":
+                _, shape, stride, dtype = item
+                t = torch.empty_strided(shape, stride, dtype=dtype)
+                out.append(t.normal_() if dtype.is_floating_point else t.zero_())
+            else:
+                out.append(item[1])
         return out
 
-    kernels = [c for c in calls if str(c[0]) in MM_OPS + ATTN_OPS]
     replays = {
-        "mm": playable([c for c in kernels if str(c[0]) in MM_OPS]),
-        "mm+attn": playable(kernels),
+        "mm": [(f, materialise(sp), kw) for f, sp, kw in calls if str(f) in MM_OPS],
+        "mm+attn": [(f, materialise(sp), kw) for f, sp, kw in calls],
     }
 
     def timed(fn, n):
